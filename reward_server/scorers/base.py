@@ -1,0 +1,27 @@
+"""The Scorer interface every reward backend implements.
+
+A scorer turns a batch of samples into one result per sample, in the same order.
+It never raises for a bad sample: it returns a Result with ``error`` set so one bad
+sample cannot fail a batch. It may raise for a broken backend (the server turns that
+into a per-sample SCORER_FAILED error for the whole batch and keeps serving).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from reward_server.types import RewardKind, Result, Sample
+
+
+class Scorer(abc.ABC):
+    kind: RewardKind
+    model_name: str = "unnamed"
+    step_separator: str = "\n\n"
+
+    @abc.abstractmethod
+    async def score(self, samples: list[Sample]) -> list[Result]:
+        """Score ``samples``; returns exactly one Result per sample, same order, same ids."""
+
+    def cost(self, sample: Sample) -> int:
+        """The size of ``sample`` for the batcher's token budget (bytes by default)."""
+        return len(sample.prompt.encode("utf-8")) + len(sample.response.encode("utf-8"))

@@ -1,0 +1,62 @@
+"""Splitting a response into reasoning steps, as UTF-8 byte spans.
+
+Both sides use this: a process reward service splits responses that arrive without
+steps, and the learner maps the returned spans to tokens. Spans are byte offsets
+into ``response.encode("utf-8")`` because bytes are what every language and every
+tokenizer agree on.
+
+Rules (documented because a PRM score one step off is a silent bug):
+- The separator (a literal string, or a compiled regex) is not part of any step.
+- Leading and trailing whitespace of a step is not part of its span, so the span ends
+  at the last visible character of the step.
+- Steps that are empty or whitespace-only produce no span.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reward_server.types import Span
+
+_WS = re.compile(r"\S(?:.*\S)?", re.DOTALL)
+
+
+def split_steps(response: str, separator: str | re.Pattern[str] = "\n\n") -> list[Span]:
+    """Return the byte spans of the non-blank steps of ``response``, in order."""
+    if isinstance(separator, str):
+        if not separator:
+            raise ValueError("step separator must be a non-empty string or a regex")
+        pattern = re.compile(re.escape(separator))
+    else:
+        pattern = separator
+    spans: list[Span] = []
+    char_start = 0
+    pieces: list[tuple[int, int]] = []
+    for match in pattern.finditer(response):
+        if match.end() == match.start():
+            continue  # an empty match would split nothing
+        pieces.append((char_start, match.start()))
+        char_start = match.end()
+    pieces.append((char_start, len(response)))
+    # Character offsets -> byte offsets with one pass over the prefix lengths.
+    for start, end in pieces:
+        visible = _WS.search(response, start, end)
+        if visible is None:
+            continue
+        b_start = len(response[: visible.start()].encode("utf-8"))
+        b_end = b_start + len(response[visible.start() : visible.end()].encode("utf-8"))
+        spans.append(Span(b_start, b_end))
+    return spans
+
+
+def span_text(response: str, span: Span) -> str:
+    """The text of ``span``; raises ValueError if it does not cut on UTF-8 boundaries."""
+    data = response.encode("utf-8")
+    if not (0 <= span.start <= span.end <= len(data)):
+        raise ValueError(f"span [{span.start}, {span.end}) is outside the response ({len(data)} bytes)")
+    try:
+        return data[span.start : span.end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"span [{span.start}, {span.end}) does not start and end on UTF-8 character boundaries"
+        ) from exc
