@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 
-from reward_server.types import RewardKind, Result, Sample
+from reward_server.types import Result, RewardKind, Sample
 
 
 class Scorer(abc.ABC):

@@ -1,0 +1,199 @@
+"""Process reward models (PRMs) in the two public formats, read at step-marker tokens.
+
+Both formats put a marker token after every step and read one probability there:
+
+- ``StepTagClassifierPRM`` (Qwen2.5-Math-PRM style): steps joined by a separator token
+  (default ``<extra_0>``) that also ends the last step; a 2-label token head; the step
+  score is ``softmax(logits)[positive_label]`` at each separator. The model loads with
+  ``AutoModelForTokenClassification`` (any architecture with a token-classification
+  class, e.g. Qwen2/Llama with ``num_labels=2``); ``auto_class="auto"`` loads
+  ``AutoModel`` instead, for checkpoints with their own head class behind
+  ``trust_remote_code`` (the released Qwen2.5-Math-PRM-7B) whose output holds the
+  ``[B, T, 2]`` logits first.
+- ``StepTagCausalLMPRM`` (Math-Shepherd style): a causal LM; each step is followed by a
+  step tag (default ``" ки"``) and steps are joined by ``"\\n"``; the step score is
+  ``P(good) / (P(good) + P(bad))`` from the next-token logits at each tag, i.e. a softmax
+  over the two reward tokens (default ``"+"`` and ``"-"``).
+
+Steps: if a sample carries spans, exactly those are scored; otherwise the response is
+split on ``step_separator`` with ``reward_server.steps.split_steps`` and the spans used are
+returned. The number of marker tokens in the encoded input must equal the number of
+steps (a step or the prompt may contain the marker text, or the tokenizer may merge it
+with a neighbour); otherwise the sample gets an error instead of scores shifted onto the
+wrong steps, a bug class seen in PRM serving.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    PreTrainedTokenizerBase,
+)
+
+from reward_server.scorers.hf_common import (
+    Encoded,
+    HFModelConfig,
+    HFScorer,
+    encode_sample,
+    load_model,
+    load_tokenizer,
+    single_token_id,
+)
+from reward_server.scorers.results import INVALID_SAMPLE, error_result, step_texts
+from reward_server.steps import split_steps
+from reward_server.types import Result, RewardKind, Sample, StepScore
+
+
+@dataclass
+class StepTagClassifierConfig(HFModelConfig):
+    step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps"})
+    separator_token: str = field(default="<extra_0>", metadata={"help": "token after every step, where scores are read"})
+    positive_label: int = field(default=1, metadata={"help": "label whose probability is the step score"})
+    step_joiner: str = field(default="", metadata={"help": "text between a separator token and the next step"})
+    prompt_separator: str = field(default="\n", metadata={"help": "text between prompt and steps (no chat template)"})
+    auto_class: str = field(default="token-classification", metadata={"help": "'token-classification' or 'auto' (custom heads)"})
+
+
+@dataclass
+class StepTagCausalLMConfig(HFModelConfig):
+    step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps"})
+    step_tag: str = field(default=" ки", metadata={"help": "token after every step, where scores are read"})
+    good_token: str = field(default="+", metadata={"help": "reward token meaning a correct step"})
+    bad_token: str = field(default="-", metadata={"help": "reward token meaning a wrong step"})
+    step_tag_id: int | None = field(default=None, metadata={"help": "token id of the tag if it is not one token alone (Math-Shepherd: 12902)"})
+    good_token_id: int | None = field(default=None, metadata={"help": "token id of the good token (Math-Shepherd: 648)"})
+    bad_token_id: int | None = field(default=None, metadata={"help": "token id of the bad token (Math-Shepherd: 387)"})
+    step_joiner: str = field(default="\n", metadata={"help": "text between a step tag and the next step"})
+    prompt_separator: str = field(default=" ", metadata={"help": "text between prompt and steps (no chat template)"})
+
+
+class _StepMarkerPRM(HFScorer):
+    """Shared part of both PRMs: steps -> marked text -> probabilities at the markers."""
+
+    kind = RewardKind.PROCESS
+    marker: str  # text placed after every step
+    marker_id: int  # its token id, counted and read in the encoded input
+    step_joiner: str
+    prompt_separator: str
+
+    @abc.abstractmethod
+    def marker_probabilities(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, marker_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Step scores at the ``True`` positions of ``marker_mask``, row-major, float32 ``[N]``."""
+
+    def encode(self, sample: Sample) -> Encoded | Result:
+        spans = sample.steps or split_steps(sample.response, self.step_separator)
+        texts = step_texts(sample, spans)
+        if isinstance(texts, Result):
+            return texts
+        if not spans:
+            return Result(id=sample.id, metrics={"num_steps": 0.0})
+        body = self.step_joiner.join(text + self.marker for text in texts)
+        input_ids = encode_sample(self.tokenizer, self.config, sample.prompt, body, self.prompt_separator)
+        found = input_ids.count(self.marker_id)
+        if found != len(spans):
+            return error_result(
+                sample.id, INVALID_SAMPLE,
+                f"sample {sample.id!r} has {len(spans)} steps but its encoded input holds {found} "
+                f"marker tokens {self.marker!r} (id {self.marker_id}); remove the marker text from "
+                "the prompt/steps, or make the marker a special token so it never merges",
+            )
+        return Encoded(input_ids, spans)
+
+    def forward_batch(
+        self, samples: list[Sample], encoded: list[Encoded], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> list[Result]:
+        marker_mask = (input_ids == self.marker_id) & attention_mask.bool()
+        scores = self.marker_probabilities(input_ids, attention_mask, marker_mask).cpu().tolist()
+        results, offset = [], 0
+        for sample, enc in zip(samples, encoded, strict=True):
+            row = scores[offset : offset + len(enc.spans)]
+            offset += len(enc.spans)
+            results.append(Result(
+                id=sample.id,
+                steps=[StepScore(span, score) for span, score in zip(enc.spans, row, strict=True)],
+                metrics={"num_steps": float(len(enc.spans)), "num_tokens": float(len(enc.input_ids))},
+            ))
+        return results
+
+
+class StepTagClassifierPRM(_StepMarkerPRM):
+    """Qwen2.5-Math-PRM style PRM: P(positive label) of a token head at each separator."""
+
+    def __init__(self, config: StepTagClassifierConfig):
+        classes = {"token-classification": AutoModelForTokenClassification, "auto": AutoModel}
+        if config.auto_class not in classes:
+            raise ValueError(f"auto_class {config.auto_class!r} is not one of {sorted(classes)}")
+        model = load_model(classes[config.auto_class], config)
+        super().__init__(config, model, load_tokenizer(config))
+        self.config: StepTagClassifierConfig = config
+        self.step_separator = config.step_separator
+        self.marker = config.separator_token
+        self.marker_id = single_token_id(self.tokenizer, config.separator_token, "separator_token")
+        self.step_joiner = config.step_joiner
+        self.prompt_separator = config.prompt_separator
+
+    def marker_probabilities(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, marker_mask: torch.Tensor
+    ) -> torch.Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        logits = output.logits if hasattr(output, "logits") else output[0]  # [B, T, labels]
+        if not 0 <= self.config.positive_label < logits.shape[-1]:
+            raise ValueError(
+                f"positive_label {self.config.positive_label} is outside the model's {logits.shape[-1]} labels"
+            )
+        return logits[marker_mask].float().softmax(dim=-1)[:, self.config.positive_label]
+
+
+class StepTagCausalLMPRM(_StepMarkerPRM):
+    """Math-Shepherd style PRM: P(good) among {good, bad} next tokens at each step tag."""
+
+    def __init__(self, config: StepTagCausalLMConfig):
+        model = load_model(AutoModelForCausalLM, config)
+        super().__init__(config, model, load_tokenizer(config))
+        self.config: StepTagCausalLMConfig = config
+        self.step_separator = config.step_separator
+        self.marker = config.step_tag
+        self.marker_id = _token_id(self.tokenizer, config.step_tag, config.step_tag_id, "step_tag")
+        good = _token_id(self.tokenizer, config.good_token, config.good_token_id, "good_token")
+        bad = _token_id(self.tokenizer, config.bad_token, config.bad_token_id, "bad_token")
+        if good == bad:
+            raise ValueError(f"good_token and bad_token are the same token (id {good})")
+        self.reward_token_ids = torch.tensor([good, bad], device=self.device)
+        self.step_joiner = config.step_joiner
+        self.prompt_separator = config.prompt_separator
+        # transformers 5 projects only the masked positions onto the vocabulary when
+        # given a boolean logits_to_keep, instead of a [B, T, vocab] tensor.
+        self._keep_mask = (
+            int(transformers.__version__.split(".")[0]) >= 5
+            and "logits_to_keep" in inspect.signature(model.forward).parameters
+        )
+
+    def marker_probabilities(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, marker_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self._keep_mask:
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=marker_mask
+            ).logits  # [N, vocab]
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[marker_mask]
+        pair = logits[:, self.reward_token_ids].float()  # [N, 2]: good, bad
+        return pair.softmax(dim=-1)[:, 0]
+
+
+def _token_id(tokenizer: PreTrainedTokenizerBase, text: str, override: int | None, what: str) -> int:
+    if override is None:
+        return single_token_id(tokenizer, text, what)
+    if not 0 <= override < len(tokenizer):
+        raise ValueError(f"{what}_id {override} is outside the tokenizer's vocabulary of {len(tokenizer)}")
+    return override

@@ -1,0 +1,37 @@
+"""Per-sample error codes and the helpers scorers use to build results.
+
+A scorer answers a bad sample with a Result whose ``error`` names the sample and what
+to do, so one bad sample never fails the batch it came in.
+"""
+
+from __future__ import annotations
+
+from reward_server.steps import span_text
+from reward_server.types import Result, Sample, SampleError, Span
+
+INVALID_SAMPLE = "INVALID_SAMPLE"  # the request is wrong: bad spans, too long, no reference
+SCORER_FAILED = "SCORER_FAILED"  # the scorer could not score it: an exception, a dead worker
+BAD_SCORE = "BAD_SCORE"  # a user function returned something that is not a valid score
+TIMEOUT = "TIMEOUT"  # scoring took longer than the scorer's time limit
+
+
+def error_result(sample_id: str, code: str, message: str) -> Result:
+    return Result(id=sample_id, error=SampleError(code=code, message=message))
+
+
+def step_texts(sample: Sample, spans: list[Span]) -> list[str] | Result:
+    """The text of each span, or an INVALID_SAMPLE result naming the first bad span.
+
+    ``span_text`` refuses spans that are out of range or cut a multi-byte character, so a
+    step can never be silently shifted onto the wrong characters.
+    """
+    texts: list[str] = []
+    for k, span in enumerate(spans):
+        try:
+            texts.append(span_text(sample.response, span))
+        except ValueError as exc:
+            return error_result(
+                sample.id, INVALID_SAMPLE, f"sample {sample.id!r} step {k}: {exc}; send byte offsets "
+                "into the UTF-8 response that start and end on character boundaries",
+            )
+    return texts
