@@ -1,0 +1,263 @@
+"""Dynamic batching: concurrent requests are merged into scorer batches.
+
+Every sample of every request goes into one FIFO queue. A worker takes the longest
+prefix of the queue that fits ``max_batch_samples`` and ``max_batch_cost`` (the sum of
+``Scorer.cost``), waiting at most ``max_wait_ms`` after the oldest sample arrived for the
+batch to fill, then makes ONE scorer call for it and hands each caller its own results.
+While the scorer runs, new work piles up, so the next batch is bigger: under load the
+batch size adapts to the arrival rate (Triton's "max queue delay" design, TEI's token
+budget).
+
+The scorer runs on its own thread with its own event loop. A model forward that
+blocks (most torch code does) then never stalls the gRPC event loop: health checks are
+answered, and the next requests are received and parsed while the model computes.
+
+Backpressure: at most ``max_queue`` samples wait; ``submit`` refuses more with QueueFull
+(the server answers RESOURCE_EXHAUSTED and clients back off) instead of growing a queue
+without limit.
+
+Failure isolation: if the scorer raises, or breaks its contract (wrong number of
+results, wrong ids), every sample of that batch gets a SCORER_FAILED error and the
+batcher carries on. A result with a NaN or missing score gets BAD_SCORE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reward_server.scorers.base import Scorer
+from reward_server.types import Result, RewardKind, Sample, SampleError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_samples: int = 64
+    max_batch_cost: int = 262_144  # in Scorer.cost units (UTF-8 bytes by default)
+    max_wait_ms: float = 2.0
+    max_queue: int = 4096  # samples waiting for a batch, across all callers
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_samples", "max_batch_cost", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BatchingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"BatchingConfig.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+class QueueFull(Exception):
+    """The batcher's queue cannot take the request; retry later or elsewhere."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is draining and accepts no new work."""
+
+
+# Called after every scorer batch: (number of samples, total cost, seconds in the scorer).
+BatchObserver = Callable[[int, int, float], None]
+
+
+@dataclass
+class _Request:
+    """One caller's samples in the queue; batches take consecutive samples from it."""
+
+    samples: list[Sample]
+    costs: list[int]
+    future: asyncio.Future[list[Result]]
+    enqueued_at: float
+    results: list[Result | None]
+    taken: int = 0  # samples already handed to a batch
+    missing: int = 0  # results not yet filled in
+
+class _ScorerThread:
+    """Runs ``scorer.score`` coroutines on a dedicated thread with its own event loop."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self._scorer = scorer
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"scorer-{scorer.model_name}", daemon=True
+        )
+        self._thread.start()
+
+    async def score(self, samples: list[Sample]) -> list[Result]:
+        future = asyncio.run_coroutine_threadsafe(self._scorer.score(samples), self._loop)
+        return await asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def check_results(samples: list[Sample], results: object, kind: RewardKind) -> list[Result]:
+    """Enforce the Scorer contract on one batch.
+
+    Raises ValueError if the batch as a whole is broken (not a list, wrong length, ids out
+    of order); returns the results with BAD_SCORE errors for individual unusable scores.
+    """
+    if not isinstance(results, list) or len(results) != len(samples):
+        got = f"{len(results)} results" if isinstance(results, list) else type(results).__name__
+        raise ValueError(f"scorer returned {got} for {len(samples)} samples; need one Result per sample")
+    checked: list[Result] = []
+    for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
+        if not isinstance(result, Result) or result.id != sample.id:
+            got = repr(result.id) if isinstance(result, Result) else type(result).__name__
+            raise ValueError(f"scorer result {i} has id {got}, expected {sample.id!r}; results must keep the sample order")
+        problem = None if result.error is not None else _score_problem(sample, result, kind)
+        if problem:
+            result = Result(id=sample.id, metrics=result.metrics, error=SampleError("BAD_SCORE", f"sample {sample.id!r}: {problem}"))
+        checked.append(result)
+    return checked
+
+
+def _score_problem(sample: Sample, result: Result, kind: RewardKind) -> str | None:
+    if kind is RewardKind.OUTCOME:
+        if result.outcome is None or not math.isfinite(result.outcome):
+            return f"outcome scorer returned outcome={result.outcome!r}; need a finite float"
+        return None
+    bad = [s.score for s in result.steps if not math.isfinite(s.score)]
+    if bad:
+        return f"process scorer returned non-finite step scores {bad}"
+    if sample.steps and [s.span for s in result.steps] != sample.steps:
+        return (
+            f"process scorer returned {len(result.steps)} steps but the request gave "
+            f"{len(sample.steps)} spans; it must score exactly the given steps"
+        )
+    if result.outcome is not None and not math.isfinite(result.outcome):
+        return f"process scorer returned outcome={result.outcome!r}; need a finite float or none"
+    return None
+
+
+class DynamicBatcher:
+    """Merges concurrent ``submit`` calls into scorer batches. Construct inside its event loop."""
+
+    def __init__(self, scorer: Scorer, config: BatchingConfig, on_batch: BatchObserver | None = None):
+        self._scorer = scorer
+        self._config = config
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_samples = 0  # samples in the queue not yet taken into a batch
+        self._queued_cost = 0
+        self._arrived = asyncio.Event()
+        self._closed = False
+        self._runner = _ScorerThread(scorer)
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+
+    @property
+    def queue_depth(self) -> int:
+        """Samples waiting for a batch (not counting the batch being scored)."""
+        return self._queued_samples
+
+    async def submit(self, samples: list[Sample]) -> list[Result]:
+        """Score ``samples`` as part of whatever batches form; results in the same order."""
+        if self._closed:
+            raise BatcherClosed("the reward server is shutting down")
+        if self._queued_samples + len(samples) > self._config.max_queue:
+            raise QueueFull(
+                f"{self._queued_samples} samples are queued and {len(samples)} more would exceed "
+                f"max_queue={self._config.max_queue}; retry with backoff or add replicas"
+            )
+        if not samples:
+            return []
+        loop = asyncio.get_running_loop()
+        costs = [self._scorer.cost(s) for s in samples]
+        request = _Request(samples, costs, loop.create_future(), loop.time(), [None] * len(samples), missing=len(samples))
+        self._queue.append(request)
+        self._queued_samples += len(samples)
+        self._queued_cost += sum(costs)
+        self._arrived.set()
+        # A cancelled caller (deadline, disconnect) cancels this future; the worker skips it.
+        return await request.future
+
+    async def close(self) -> None:
+        """Refuse new work, finish what is queued, stop the scorer thread."""
+        self._closed = True
+        self._arrived.set()
+        await self._worker
+        self._runner.stop()
+
+    # ------------------------------------------------------------------ worker side
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_cancelled()
+            if not self._queue:
+                if self._closed:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            deadline = self._queue[0].enqueued_at + self._config.max_wait_ms / 1000
+            while not self._closed and not self._batch_is_full() and loop.time() < deadline:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+                except TimeoutError:
+                    break
+            batch = self._take_batch()
+            if batch:
+                await self._score(batch)
+
+    def _drop_cancelled(self) -> None:
+        while self._queue and self._queue[0].future.done():
+            dropped = self._queue.popleft()
+            self._queued_samples -= len(dropped.samples) - dropped.taken
+            self._queued_cost -= sum(dropped.costs[dropped.taken :])
+
+    def _batch_is_full(self) -> bool:
+        return (
+            self._queued_samples >= self._config.max_batch_samples
+            or self._queued_cost >= self._config.max_batch_cost
+        )
+
+    def _take_batch(self) -> list[tuple[_Request, int]]:
+        """The longest queue prefix within both budgets, as (request, sample index) pairs."""
+        batch: list[tuple[_Request, int]] = []
+        cost = 0
+        while self._queue and len(batch) < self._config.max_batch_samples:
+            request = self._queue[0]
+            if request.future.done():
+                self._drop_cancelled()
+                continue
+            i = request.taken
+            # A sample larger than the whole budget still runs, alone.
+            if batch and cost + request.costs[i] > self._config.max_batch_cost:
+                break
+            batch.append((request, i))
+            cost += request.costs[i]
+            request.taken += 1
+            self._queued_samples -= 1
+            self._queued_cost -= request.costs[i]
+            if request.taken == len(request.samples):
+                self._queue.popleft()
+        return batch
+
+    async def _score(self, batch: list[tuple[_Request, int]]) -> None:
+        samples = [request.samples[i] for request, i in batch]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            results = check_results(samples, await self._runner.score(samples), self._scorer.kind)
+        except Exception as exc:  # the server must survive any scorer failure
+            log.exception("scorer %r failed on a batch of %d samples", self._scorer.model_name, len(samples))
+            message = (
+                f"scorer {self._scorer.model_name!r} failed on the batch holding this sample "
+                f"({len(samples)} samples): {type(exc).__name__}: {exc}"
+            )
+            results = [Result(id=s.id, error=SampleError("SCORER_FAILED", message)) for s in samples]
+        elapsed = loop.time() - started
+        for (request, i), result in zip(batch, results, strict=True):
+            request.results[i] = result
+            request.missing -= 1
+            if request.missing == 0 and not request.future.done():
+                request.future.set_result(request.results)  # type: ignore[arg-type]
+        if self._on_batch is not None:
+            self._on_batch(len(batch), sum(request.costs[i] for request, i in batch), elapsed)

@@ -1,0 +1,141 @@
+"""``rpp-reward-server``: serve one scorer over gRPC.
+
+    rpp-reward-server --scorer function --function my_rewards.py:score --kind outcome
+    rpp-reward-server --scorer my_pkg.scorers:MyScorer --option threshold=0.5
+
+``--scorer NAME`` is built by ``reward_server.scorers.registry.build_scorer(NAME, ...)``;
+``--scorer module:attr`` calls your own Scorer class or factory with the same options.
+With ``--port 0 --ready-file F`` the server picks a free port and writes
+``{"address", "metrics_port", "pid"}`` as JSON to F once it is serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from reward_server.scorers.base import Scorer
+from reward_server.server import RewardServer, ServerConfig, serve
+
+log = logging.getLogger("rpp-reward-server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="rpp-reward-server", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = p.add_argument_group("scorer")
+    s.add_argument("--scorer", required=True, help="registered scorer name, or module:attr of a Scorer class/factory")
+    s.add_argument("--model", help="model path or hub id (HF scorers)")
+    s.add_argument("--function", help="module:function or path/to/file.py:function (user-function scorer)")
+    s.add_argument("--kind", choices=["outcome", "process"], help="outcome or process reward")
+    s.add_argument("--step-separator", help="string a process scorer splits responses on")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra scorer option (repeatable); VALUE is parsed as JSON when it can be")
+    n = p.add_argument_group("server")
+    n.add_argument("--host", default=d.host, help="address to bind; 0.0.0.0 or :: to serve beyond this machine")
+    n.add_argument("--port", type=int, default=d.port, help="0: any free port")
+    n.add_argument("--max-batch-samples", type=int, default=d.max_batch_samples)
+    n.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, help="Scorer.cost budget per batch")
+    n.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
+    n.add_argument("--max-queue", type=int, default=d.max_queue)
+    n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)
+    n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
+    n.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    n.add_argument("--token-env", default="RPP_REWARD_TOKEN",
+                   help="environment variable holding the bearer token (unset or empty: no auth)")
+    n.add_argument("--tls-cert", help="server certificate (PEM)")
+    n.add_argument("--tls-key", help="server private key (PEM)")
+    n.add_argument("--tls-client-ca", help="CA for client certificates (PEM): turns on mTLS")
+    n.add_argument("--metrics-port", type=int, default=d.metrics_port, help="0: any free port; -1: off")
+    n.add_argument("--grace-s", type=float, default=d.grace_s, help="drain grace period on SIGTERM")
+    n.add_argument("--max-connection-age-s", type=float, default=d.max_connection_age_s)
+    n.add_argument("--ready-file", type=Path, help="write {address, metrics_port, pid} JSON here once serving")
+    n.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = raw
+    return options
+
+
+def build_scorer(name: str, options: dict[str, Any]) -> Scorer:
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr, None)
+        if factory is None:
+            raise SystemExit(f"--scorer {name!r}: module {module_name!r} has no attribute {attr!r}")
+        scorer = factory(**options)
+    else:
+        from reward_server.scorers.registry import build_scorer as build_registered
+
+        scorer = build_registered(name, **options)
+    if not isinstance(scorer, Scorer):
+        raise SystemExit(f"--scorer {name!r} built a {type(scorer).__name__}, not a reward_server Scorer")
+    return scorer
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port,
+        max_batch_samples=args.max_batch_samples, max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_samples_per_request=args.max_samples_per_request, max_sample_bytes=args.max_sample_bytes,
+        max_message_bytes=args.max_message_bytes,
+        token=os.environ.get(args.token_env) or None,
+        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, tls_client_ca_file=args.tls_client_ca,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        grace_s=args.grace_s, max_connection_age_s=args.max_connection_age_s,
+    )
+
+
+def write_ready_file(path: Path, server: RewardServer) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"address": server.address, "metrics_port": server.metrics_port, "pid": os.getpid()}))
+    os.replace(tmp, path)  # atomic: a watcher never reads half a file
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = {k: v for k, v in (("model", args.model), ("function", args.function), ("kind", args.kind),
+                                 ("step_separator", args.step_separator)) if v is not None}
+    options.update(parse_options(args.option))
+    try:
+        config = config_from_args(args)
+        scorer = build_scorer(args.scorer, options)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise SystemExit(f"rpp-reward-server: {exc}") from exc
+
+    def on_ready(server: RewardServer) -> None:
+        log.info(
+            "serving %s (%s) on %s; metrics port %s; tls %s; token auth %s",
+            scorer.model_name, scorer.kind.value, server.address, server.metrics_port,
+            "mTLS" if config.tls_client_ca_file else ("on" if config.tls_cert_file else "off"),
+            "on" if config.token else "off",
+        )
+        if args.ready_file:
+            write_ready_file(args.ready_file, server)
+
+    asyncio.run(serve(scorer, config, on_ready))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

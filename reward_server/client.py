@@ -1,0 +1,293 @@
+"""The reward client the learner uses: one gRPC channel over many replicas.
+
+What the channel does for you (all of it is standard gRPC, set in the service config):
+- round_robin over every address (``ipv4:`` lists or a ``dns:///`` name; for Kubernetes
+  point ``dns:///`` at a headless Service so every pod is an address);
+- health-checked balancing: a replica whose grpc.health.v1 status is NOT_SERVING (e.g.
+  draining) gets no new calls;
+- retries with exponential backoff on UNAVAILABLE and RESOURCE_EXHAUSTED, so a dead or
+  overloaded replica costs a retry, not a sample. The per-RPC retry buffer is raised to
+  the message limit, because gRPC silently skips retries for requests larger than it;
+- a deadline on every call, keepalive pings, message limits matching the server.
+
+What this module adds: big batches are split into requests of the server's advertised
+size (GetInfo) and several are kept in flight; errors say which service, which
+addresses and what happened.
+
+Create a ``RewardClient`` inside the event loop that will use it (grpc.aio channels
+belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from reward_server import convert
+from reward_server.proto import reward_pb2 as pb
+from reward_server.proto import reward_pb2_grpc
+from reward_server.security import TLSConfig, bearer_metadata, channel_credentials
+from reward_server.types import Result, Sample, ServiceInfo
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+_FRAMING_BYTES = 16  # per repeated-field element: tag + length varint, with room to spare
+
+_HINTS = {
+    "UNAVAILABLE": "no replica answered after retries; are the reward servers running and reachable?",
+    "DEADLINE_EXCEEDED": "no answer within the deadline; raise timeout_s, add replicas or shrink batches",
+    "UNAUTHENTICATED": "the server wants a bearer token: pass token= (the server's --token)",
+    "RESOURCE_EXHAUSTED": "the servers stayed overloaded through every retry; add replicas or slow down",
+}
+
+
+class RewardServiceError(RuntimeError):
+    """A reward service call failed; names the service, its addresses and what happened."""
+
+    def __init__(self, service: str, targets: str, code: str, details: str) -> None:
+        self.service, self.targets, self.code, self.details = service, targets, code, details
+        hint = _HINTS.get(code)
+        super().__init__(
+            f"reward service {service!r} at {targets}: {code}: {details}" + (f" ({hint})" if hint else "")
+        )
+
+
+class RewardServiceUnavailable(RewardServiceError):
+    """Every replica was unreachable after retries."""
+
+
+def channel_target(targets: str | Sequence[str]) -> str:
+    """One gRPC target for a set of replicas.
+
+    ``"dns:///reward.ns.svc:50051"`` and other URIs pass through; ``"host:port"`` is a
+    single server; a list (or comma-separated string) of ``host:port`` becomes an
+    ``ipv4:``/``ipv6:`` address list, hostnames resolved once, here.
+    """
+    if isinstance(targets, str):
+        if ":///" in targets or targets.startswith(("ipv4:", "ipv6:", "unix:")):
+            return targets
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if not targets:
+        raise ValueError("no reward service address given; pass 'host:port', a list of them, or 'dns:///name:port'")
+    if len(targets) == 1:
+        return targets[0]
+    addresses = [_resolve(t) for t in targets]
+    families = {ipaddress.ip_address(host).version for host, _ in addresses}
+    if families == {4}:
+        return "ipv4:" + ",".join(f"{h}:{p}" for h, p in addresses)
+    if families == {6}:
+        return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in addresses)
+    raise ValueError(f"reward service addresses {list(targets)} mix IPv4 and IPv6; use one family")
+
+
+def _resolve(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"reward service address {address!r} needs the form host:port")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return host, int(port)
+    except ValueError:
+        pass
+    try:
+        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve reward service host {host!r}: {exc}") from exc
+    return str(info[0][4][0]), int(port)
+
+
+def service_config(retry_attempts: int) -> str:
+    """The gRPC service config: round_robin, health checking, retries with backoff."""
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": SERVICE_NAME},
+        "methodConfig": [{
+            "name": [{"service": SERVICE_NAME}],
+            "retryPolicy": {
+                "maxAttempts": retry_attempts,  # gRPC caps this at 5
+                "initialBackoff": "0.05s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            },
+        }],
+    })
+
+
+def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: int) -> Iterator[list[pb.Sample]]:
+    """Consecutive chunks of at most ``max_samples`` samples and about ``max_bytes`` serialized."""
+    budget = int(max_bytes * 0.95)  # headroom for the envelope
+    chunk: list[pb.Sample] = []
+    size = 0
+    for msg in samples:
+        n = msg.ByteSize() + _FRAMING_BYTES
+        if n > budget:
+            raise ValueError(
+                f"sample {msg.id!r} is {n} bytes serialized, over the server's advertised "
+                f"max_request_bytes ({max_bytes}); shorten it or raise the server's --max-message-bytes"
+            )
+        if chunk and (len(chunk) == max_samples or size + n > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(msg)
+        size += n
+    if chunk:
+        yield chunk
+
+
+class RewardClient:
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        name: str = "reward",
+        timeout_s: float = 120.0,
+        max_in_flight: int = 4,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry_attempts: int = 5,
+    ) -> None:
+        if timeout_s <= 0 or max_in_flight < 1:
+            raise ValueError(f"RewardClient: need timeout_s > 0 and max_in_flight >= 1, got {timeout_s}, {max_in_flight}")
+        self.name = name
+        self.target = channel_target(targets)
+        self.timeout_s = timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._metadata = bearer_metadata(token) if token else ()
+        options = [
+            ("grpc.service_config", service_config(retry_attempts)),
+            ("grpc.enable_retries", 1),
+            ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.aio.secure_channel(self.target, channel_credentials(tls), options=options)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._info: ServiceInfo | None = None
+
+    async def get_info(self) -> ServiceInfo:
+        """The service's kind and limits (asked once, then cached)."""
+        if self._info is None:
+            try:
+                msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                raise self._error(exc, "GetInfo") from None
+            try:
+                self._info = convert.info_from_proto(msg)
+            except ValueError as exc:
+                raise RewardServiceError(self.name, self.target, "BAD_INFO", str(exc)) from None
+        return self._info
+
+    async def score(self, samples: Sequence[Sample]) -> list[Result]:
+        """One result per sample, same order. Splits to the server's limits, several requests in flight."""
+        if not samples:
+            return []
+        info = await self.get_info()
+        max_bytes = min(info.max_request_bytes or self._max_message_bytes, self._max_message_bytes)
+        messages = [convert.sample_to_proto(s) for s in samples]
+        chunks = list(split_requests(messages, info.max_samples_per_request, max_bytes))
+        if len(chunks) == 1:
+            return await self._score_chunk(chunks[0])
+        tasks = [asyncio.ensure_future(self._score_chunk(chunk)) for chunk in chunks]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one failed chunk fails the call: stop the others now
+                task.cancel()
+            raise
+        return [result for part in parts for result in part]
+
+    async def _score_chunk(self, chunk: list[pb.Sample]) -> list[Result]:
+        async with self._slots:
+            try:
+                response = await self._stub.Score(
+                    pb.ScoreRequest(samples=chunk), timeout=self.timeout_s, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise self._error(exc, "Score") from None
+        got = [r.id for r in response.results]
+        want = [s.id for s in chunk]
+        if got != want:
+            raise RewardServiceError(
+                self.name, self.target, "PROTOCOL_ERROR",
+                f"Score returned ids {got[:5]}... for samples {want[:5]}... ({len(got)} vs {len(want)}); "
+                "the server broke the one-result-per-sample-in-order contract",
+            )
+        return [convert.result_from_proto(r) for r in response.results]
+
+    def _error(self, exc: grpc.aio.AioRpcError, method: str) -> RewardServiceError:
+        code = exc.code().name
+        details = f"{method}: {exc.details()}"
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            # The core's debug string names the address that failed; worth its length here.
+            return RewardServiceUnavailable(self.name, self.target, code, f"{details} [{exc.debug_error_string()}]")
+        return RewardServiceError(self.name, self.target, code, details)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> RewardClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+
+class BlockingRewardClient:
+    """RewardClient for synchronous code: runs it on a private event loop thread."""
+
+    def __init__(self, targets: str | Sequence[str], **kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="reward-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> RewardClient:
+            return RewardClient(targets, **kwargs)
+
+        try:
+            self._client = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get_info(self) -> ServiceInfo:
+        return self._run(self._client.get_info())
+
+    def score(self, samples: Sequence[Sample]) -> list[Result]:
+        return self._run(self._client.score(samples))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._run(self._client.close())
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> BlockingRewardClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

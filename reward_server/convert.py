@@ -1,0 +1,211 @@
+"""Protobuf messages <-> reward_server.types, and validation of incoming requests.
+
+Everything here is pure: no I/O, no gRPC calls. The server turns ``InvalidRequest``
+into INVALID_ARGUMENT; the message always names the field path (``samples[3].steps[1]``)
+and the sample's id so the caller can find the culprit in a batch of thousands.
+
+Two kinds of problems, two answers (see reward.proto):
+- a malformed request (empty batch, bad ids, malformed spans, too many samples) is a
+  client bug: the whole call fails with INVALID_ARGUMENT;
+- a sample that is well-formed but too big to score is a data problem: that sample gets
+  a per-sample INVALID_SAMPLE error and the rest of the batch is scored.
+"""
+
+from __future__ import annotations
+
+from reward_server.proto import reward_pb2 as pb
+from reward_server.types import (
+    Result,
+    RewardKind,
+    Sample,
+    SampleError,
+    ServiceInfo,
+    Span,
+    StepScore,
+)
+
+_KIND_TO_PROTO = {
+    RewardKind.OUTCOME: pb.REWARD_KIND_OUTCOME,
+    RewardKind.PROCESS: pb.REWARD_KIND_PROCESS,
+}
+_PROTO_TO_KIND = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+
+class InvalidRequest(ValueError):
+    """A request that cannot be served as a whole; maps to INVALID_ARGUMENT."""
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+def _where(index: int, sample_id: str) -> str:
+    return f"samples[{index}] (id={sample_id!r})"
+
+
+def _is_char_boundary(data: bytes, offset: int) -> bool:
+    """True if ``offset`` does not cut a multi-byte UTF-8 character.
+
+    UTF-8 continuation bytes look like 0b10xxxxxx; a character starts at any other byte.
+    """
+    return offset == len(data) or (data[offset] & 0xC0) != 0x80
+
+
+def _parse_spans(spans, response: bytes, where: str) -> list[Span]:
+    parsed: list[Span] = []
+    previous_end = 0
+    for j, span in enumerate(spans):
+        field = f"{where}.steps[{j}]"
+        start, end = span.start, span.end
+        if not start < end:
+            raise InvalidRequest(f"{field}: span [{start}, {end}) is empty or reversed; need start < end")
+        if end > len(response):
+            raise InvalidRequest(
+                f"{field}: span [{start}, {end}) is out of range; the response has "
+                f"{len(response)} UTF-8 bytes (spans are byte offsets, not character offsets)"
+            )
+        if start < previous_end:
+            raise InvalidRequest(
+                f"{field}: span [{start}, {end}) overlaps or precedes the previous step "
+                f"(which ends at byte {previous_end}); steps must be sorted and disjoint"
+            )
+        for name, offset in (("start", start), ("end", end)):
+            if not _is_char_boundary(response, offset):
+                raise InvalidRequest(
+                    f"{field}: span {name} {offset} falls inside a multi-byte UTF-8 character; "
+                    "spans must cut on character boundaries"
+                )
+        parsed.append(Span(start, end))
+        previous_end = end
+    return parsed
+
+
+def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Sample]:
+    """Validate ``request`` and convert its samples; raises InvalidRequest on the first problem."""
+    n = len(request.samples)
+    if n == 0:
+        raise InvalidRequest("samples: the request has no samples; send at least one")
+    if n > max_samples:
+        raise InvalidRequest(
+            f"samples: {n} samples exceed this server's limit of {max_samples} per request; split the batch "
+            "(GetInfo.max_samples_per_request)"
+        )
+    first_index: dict[str, int] = {}
+    samples: list[Sample] = []
+    for i, msg in enumerate(request.samples):
+        if not msg.id:
+            raise InvalidRequest(f"samples[{i}].id: missing; every sample needs a unique non-empty id")
+        if msg.id in first_index:
+            raise InvalidRequest(
+                f"samples[{i}].id: {msg.id!r} duplicates samples[{first_index[msg.id]}].id; "
+                "ids must be unique within a request"
+            )
+        first_index[msg.id] = i
+        steps: list[Span] = []
+        if msg.steps:  # only then is the UTF-8 form needed
+            steps = _parse_spans(msg.steps, msg.response.encode("utf-8"), _where(i, msg.id))
+        samples.append(
+            Sample(
+                id=msg.id,
+                prompt=msg.prompt,
+                response=msg.response,
+                reference=msg.reference if msg.HasField("reference") else None,
+                steps=steps,
+                metadata=dict(msg.metadata) if msg.metadata else {},
+            )
+        )
+    return samples
+
+
+def oversized_samples(request: pb.ScoreRequest, max_sample_bytes: int) -> dict[int, SampleError]:
+    """Per-sample INVALID_SAMPLE errors, by index, for samples whose serialized size is over the limit."""
+    errors: dict[int, SampleError] = {}
+    if request.ByteSize() <= max_sample_bytes:
+        return errors  # the usual case: no sample can be over the limit, skip the per-sample sizes
+    for i, msg in enumerate(request.samples):
+        size = msg.ByteSize()
+        if size > max_sample_bytes:
+            errors[i] = SampleError(
+                "INVALID_SAMPLE",
+                f"{_where(i, msg.id)}: the sample is {size} bytes serialized, over this "
+                f"server's limit of {max_sample_bytes} bytes per sample (prompt + response + reference)",
+            )
+    return errors
+
+
+def sample_to_proto(sample: Sample) -> pb.Sample:
+    # Only set fields are passed: the learner sends thousands of samples per step.
+    fields: dict = {"id": sample.id, "prompt": sample.prompt, "response": sample.response}
+    if sample.reference is not None:
+        fields["reference"] = sample.reference
+    if sample.steps:
+        fields["steps"] = [pb.Span(start=s.start, end=s.end) for s in sample.steps]
+    if sample.metadata:
+        fields["metadata"] = sample.metadata
+    return pb.Sample(**fields)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def result_to_proto(result: Result) -> pb.SampleResult:
+    fields: dict = {"id": result.id}
+    if result.metrics:
+        fields["metrics"] = result.metrics
+    if result.error is not None:
+        # The contract: error set => no scores, so a client cannot use half a result.
+        fields["error"] = pb.SampleError(code=result.error.code, message=result.error.message)
+        return pb.SampleResult(**fields)
+    if result.outcome is not None:
+        fields["outcome"] = result.outcome
+    if result.steps:
+        fields["steps"] = [
+            pb.StepScore(span=pb.Span(start=s.span.start, end=s.span.end), score=s.score) for s in result.steps
+        ]
+    return pb.SampleResult(**fields)
+
+
+def result_from_proto(msg: pb.SampleResult) -> Result:
+    return Result(
+        id=msg.id,
+        outcome=msg.outcome if msg.HasField("outcome") else None,
+        steps=[StepScore(Span(s.span.start, s.span.end), s.score) for s in msg.steps] if msg.steps else [],
+        metrics=dict(msg.metrics) if msg.metrics else {},
+        error=SampleError(msg.error.code, msg.error.message) if msg.HasField("error") else None,
+    )
+
+
+# -------------------------------------------------------------------------------- info
+
+
+def kind_to_proto(kind: RewardKind) -> int:
+    return _KIND_TO_PROTO[kind]
+
+
+def info_to_proto(info: ServiceInfo) -> pb.GetInfoResponse:
+    return pb.GetInfoResponse(
+        kind=kind_to_proto(info.kind),
+        model_name=info.model_name,
+        step_separator=info.step_separator,
+        max_samples_per_request=info.max_samples_per_request,
+        max_request_bytes=info.max_request_bytes,
+        version=info.version,
+    )
+
+
+def info_from_proto(msg: pb.GetInfoResponse) -> ServiceInfo:
+    if msg.kind not in _PROTO_TO_KIND:
+        raise ValueError(
+            f"GetInfo.kind: the server reports kind {msg.kind} "
+            f"({pb.RewardKind.Name(msg.kind) if msg.kind in pb.RewardKind.values() else 'unknown'}); "
+            "expected REWARD_KIND_OUTCOME or REWARD_KIND_PROCESS: is this an rpp.reward.v1 server?"
+        )
+    if msg.max_samples_per_request == 0:
+        raise ValueError("GetInfo.max_samples_per_request: the server advertises 0; it must be >= 1")
+    return ServiceInfo(
+        kind=_PROTO_TO_KIND[msg.kind],
+        model_name=msg.model_name,
+        step_separator=msg.step_separator,
+        max_samples_per_request=msg.max_samples_per_request,
+        max_request_bytes=msg.max_request_bytes,
+        version=msg.version,
+    )

@@ -1,0 +1,292 @@
+"""The gRPC reward server: RewardService + health + reflection + Prometheus metrics.
+
+One process serves one Scorer. Requests are validated (convert.py), merged into scorer
+batches (batching.py) and answered one result per sample. Lifecycle:
+
+    start  -> health SERVING for "" and rpp.reward.v1.RewardService
+    drain  -> health NOT_SERVING (load balancers and health-checking clients move away),
+              new Score calls get UNAVAILABLE (clients retry on another replica),
+              in-flight calls finish within the grace period, then the port closes.
+
+``start_in_thread`` runs a server on a background thread for tests and notebooks;
+``serve`` runs one in the foreground with SIGTERM/SIGINT wired to drain (the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from reward_server import convert
+from reward_server.batching import BatcherClosed, BatchingConfig, DynamicBatcher, QueueFull
+from reward_server.metrics import ServerMetrics
+from reward_server.proto import reward_pb2 as pb
+from reward_server.proto import reward_pb2_grpc
+from reward_server.scorers.base import Scorer
+from reward_server.security import BearerTokenInterceptor, TLSConfig, server_credentials
+from reward_server.types import Result, RewardKind, ServiceInfo
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
+VERSION = "rpp 0.1.0"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback unless told otherwise: a reward server is not public
+    port: int = 0  # 0: any free port (read it from ServerHandle.address or the ready file)
+    max_batch_samples: int = 64  # samples per scorer call
+    max_batch_tokens: int = 262_144  # Scorer.cost budget per scorer call
+    max_wait_ms: float = 2.0  # how long the oldest queued sample waits for a batch to fill
+    max_queue: int = 4096  # queued samples before RESOURCE_EXHAUSTED
+    max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
+    max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
+    max_message_bytes: int = 64 << 20  # gRPC receive/send limit; advertised in GetInfo
+    token: str | None = None  # bearer token; None: no auth
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # set: mTLS, client certificates required
+    metrics_port: int | None = 0  # 0: any free port; None: no metrics endpoint
+    grace_s: float = 10.0  # drain: how long in-flight calls may take to finish
+    max_connection_age_s: float = 300.0  # clients reconnect (and re-resolve DNS) this often
+
+    def __post_init__(self) -> None:
+        if self.max_queue < self.max_samples_per_request:
+            raise ValueError(
+                f"ServerConfig.max_queue ({self.max_queue}) must be >= max_samples_per_request "
+                f"({self.max_samples_per_request}), or a full-size request could never be accepted"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("ServerConfig: TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("ServerConfig: mTLS (tls_client_ca_file) also needs tls_cert_file and tls_key_file")
+
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(self.max_batch_samples, self.max_batch_tokens, self.max_wait_ms, self.max_queue)
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(self.grace_s * 1000)),
+            # Clients ping every 30 s when idle; allow it instead of answering "too many pings".
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Refuse to share a fixed port with another process (silent split traffic otherwise).
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+class _RpcFailure(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    def __init__(self, scorer: Scorer, config: ServerConfig, batcher: DynamicBatcher, metrics: ServerMetrics):
+        self._scorer, self._config, self._batcher, self._metrics = scorer, config, batcher, metrics
+        self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def info(self) -> ServiceInfo:
+        return ServiceInfo(
+            kind=self._scorer.kind,
+            model_name=self._scorer.model_name,
+            step_separator=self._scorer.step_separator if self._scorer.kind is RewardKind.PROCESS else "",
+            max_samples_per_request=self._config.max_samples_per_request,
+            max_request_bytes=self._config.max_message_bytes,
+            version=VERSION,
+        )
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
+        self._metrics.requests.labels("GetInfo", "OK").inc()
+        return convert.info_to_proto(self.info())
+
+    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        started = time.perf_counter()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            response = await self._score(request)
+            code = "OK"
+        except _RpcFailure as failure:
+            code = failure.code.name
+            if failure.code is grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("refused a Score request from %s: %s", context.peer(), failure.details)
+            await context.abort(failure.code, failure.details)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away or its deadline passed
+            raise
+        finally:
+            self._metrics.requests.labels("Score", code).inc()
+            self._metrics.latency.labels("Score").observe(time.perf_counter() - started)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        return response
+
+    async def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
+        if self.draining:
+            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "this reward server is draining (shutting down); retry on another replica")
+        try:
+            samples = convert.parse_score_request(request, self._config.max_samples_per_request)
+        except convert.InvalidRequest as exc:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        self._metrics.samples.inc(len(samples))
+        rejected = convert.oversized_samples(request, self._config.max_sample_bytes)
+        accepted = [s for i, s in enumerate(samples) if i not in rejected]
+        try:
+            scored = iter(await self._batcher.submit(accepted)) if accepted else iter(())
+        except QueueFull as exc:
+            raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server overloaded: {exc}") from None
+        except BatcherClosed as exc:
+            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        results: list[Result] = []
+        for i, sample in enumerate(samples):
+            result = Result(id=sample.id, error=rejected[i]) if i in rejected else next(scored)
+            if result.error is not None:
+                self._metrics.sample_errors.labels(result.error.code).inc()
+            results.append(result)
+        return pb.ScoreResponse(results=[convert.result_to_proto(r) for r in results])
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class RewardServer:
+    """One grpc.aio server around one scorer. ``start`` and ``drain`` run in its event loop."""
+
+    def __init__(self, scorer: Scorer, config: ServerConfig) -> None:
+        self.scorer, self.config = scorer, config
+        self.address = ""
+        self.metrics_port: int | None = None
+        self._closed = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.metrics = ServerMetrics(queue_depth=lambda: self._batcher.queue_depth)
+        self._batcher = DynamicBatcher(self.scorer, cfg.batching(), on_batch=self.metrics.observe_batch)
+        interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
+        self._server = grpc.aio.server(options=cfg.grpc_options(), interceptors=interceptors)
+        self.servicer = RewardServicer(self.scorer, cfg, self._batcher, self.metrics)
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        bind = _host_port(cfg.host, cfg.port)
+        if cfg.tls_cert_file:
+            tls = TLSConfig(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
+            port = self._server.add_secure_port(bind, server_credentials(tls))
+        else:
+            port = self._server.add_insecure_port(bind)
+        if port == 0:
+            raise RuntimeError(f"could not bind the reward server to {bind}: is the port in use?")
+        await self._server.start()
+        self.address = _host_port(cfg.host, port)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace_s``, close."""
+        if self.servicer.draining:
+            await self._closed.wait()
+            return
+        grace = self.config.grace_s if grace_s is None else grace_s
+        log.info("draining reward server %s (grace %.1f s)", self.address, grace)
+        self.servicer.draining = True
+        await self._health.enter_graceful_shutdown()
+        try:
+            await asyncio.wait_for(self.servicer.wait_idle(), grace)
+        except TimeoutError:
+            log.warning("grace period of %.1f s over; cancelling the calls still running", grace)
+        await self._server.stop(grace=0.2)  # in-flight calls are done; this ends watch streams
+        try:
+            await asyncio.wait_for(self._batcher.close(), timeout=max(grace, 1.0))
+        except TimeoutError:
+            log.warning("the scorer did not finish its last batch within the grace period")
+        self.metrics.stop()
+        self._closed.set()
+        log.info("reward server %s stopped", self.address)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class ServerHandle:
+    """A server running on a background thread; ``stop`` drains it."""
+
+    def __init__(self, server: RewardServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread):
+        self._server, self._loop, self._thread = server, loop, thread
+        self.address: str = server.address
+        self.metrics_port: int | None = server.metrics_port
+
+    @property
+    def server(self) -> RewardServer:
+        return self._server
+
+    def stop(self, grace_s: float | None = None) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._server.drain(grace_s), self._loop).result()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop(grace_s=1.0)
+
+
+def start_in_thread(scorer: Scorer, config: ServerConfig | None = None) -> ServerHandle:
+    """Start a reward server on a daemon thread; returns once it is serving."""
+    config = config or ServerConfig()
+    ready: concurrent.futures.Future[tuple[RewardServer, asyncio.AbstractEventLoop]] = concurrent.futures.Future()
+
+    async def main() -> None:
+        server = RewardServer(scorer, config)
+        try:
+            await server.start()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result((server, asyncio.get_running_loop()))
+        await server.wait_closed()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="reward-server", daemon=True)
+    thread.start()
+    server, loop = ready.result(timeout=60)
+    return ServerHandle(server, loop, thread)
+
+
+async def serve(scorer: Scorer, config: ServerConfig, on_ready=None) -> None:
+    """Run a server until SIGTERM/SIGINT, then drain. ``on_ready(server)`` runs once serving."""
+    server = RewardServer(scorer, config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (log.info("received %s", signal.Signals(s).name),
+                                                    loop.create_task(server.drain())))
+    if on_ready is not None:
+        on_ready(server)
+    await server.wait_closed()
