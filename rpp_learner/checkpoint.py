@@ -1,0 +1,112 @@
+"""Checkpoints that resume exactly.
+
+Layout of ``<output_dir>/checkpoints/step_000010/``:
+
+    policy/              the policy in Hugging Face format (from_pretrained loads it) + tokenizer
+    optimizer.pt         AdamW state
+    scheduler.pt         learning-rate schedule
+    trainer_state.json   step, data position, running reward statistics
+    rng_rank{r}.pt       python / torch (/ cuda) RNG states of every process
+
+A checkpoint is written under a temporary name and renamed when complete, so a crash
+while saving never leaves a half checkpoint that ``latest`` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    *,
+    accelerator: Accelerator,
+    policy: torch.nn.Module,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Save everything needed to resume at ``state["step"]``; every process must call this."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{state['step']:06d}"
+    tmp = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(policy).save_pretrained(tmp / "policy")
+        tokenizer.save_pretrained(tmp / "policy")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        _prune(root, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in sorted(root.glob("step_*"))[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(resume: str, output_dir: str | Path) -> Path:
+    """``resume`` is a checkpoint directory or "latest" (the newest one in output_dir)."""
+    if resume == "latest":
+        found = sorted(checkpoint_root(output_dir).glob("step_*"))
+        if not found:
+            raise FileNotFoundError(f"checkpoint.resume=latest but {checkpoint_root(output_dir)} has no checkpoint")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint.resume={resume!r} is not a checkpoint directory (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(path: Path, *, accelerator: Accelerator, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimiser, scheduler and this process's RNG; return the trainer state.
+
+    The policy weights are loaded by the caller with ``from_pretrained(path / "policy")``.
+    """
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng_file = path / f"rng_rank{accelerator.process_index}.pt"
+    if rng_file.is_file():  # absent when resuming with more processes than saved
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((path / STATE_FILE).read_text())

@@ -1,0 +1,73 @@
+"""``rpp-train --config run.yaml --algo.kl_coef 0.001`` (also ``python -m rpp_learner``).
+
+Exit codes: 0 done; 2 configuration or setup error (nothing trained); 3 stopped early
+because rewards failed or became unreachable (a checkpoint was saved; resume with
+``--checkpoint.resume latest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from rpp_learner.config import ConfigError, load_config
+from rpp_learner.launch import relaunch_cpu_workers
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="rpp-train",
+        description="REINFORCE++ training against gRPC outcome and process reward services.",
+        epilog="Any config field can be overridden: --algo.kl_coef 0.001 --rollout.max_new_tokens 512 "
+        "--rewards.services.0.targets '[host1:50051, host2:50051]'",
+    )
+    parser.add_argument("--config", help="YAML config file (see examples/configs/)")
+    parser.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint dir (default: latest)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the policy on the held-out set and exit")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    workers_exit = relaunch_cpu_workers(argv)  # accelerate launch --cpu --num_processes N
+    if workers_exit is not None:
+        return workers_exit
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, overrides)
+        if args.resume:
+            cfg.checkpoint.resume = args.resume
+        # Imported here so config errors show before torch/transformers load.
+        from rpp_learner.scoring import RewardSetupError
+        from rpp_learner.trainer import Trainer, TrainingStopped
+
+        try:
+            trainer = Trainer(cfg)
+        except (RewardSetupError, FileNotFoundError, ValueError) as exc:
+            print(f"rpp-train: setup error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if args.eval_only:
+            print(json.dumps(trainer.evaluate()))
+            trainer.scorer.close()
+            return 0
+        try:
+            summary = trainer.train()
+        except TrainingStopped as exc:
+            print(f"rpp-train: stopped: {exc}", file=sys.stderr)
+            return TrainingStopped.exit_code
+    except ConfigError as exc:
+        print(f"rpp-train: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if trainer.acc.is_main_process:
+        last = {k: round(v, 4) for k, v in summary["last"].items() if not k.startswith("time/")}
+        print(f"rpp-train: done, {summary['steps']} steps; checkpoint {summary['checkpoint']}; last {json.dumps(last)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Typed run configuration: dataclasses, loaded from YAML, overridable on the command line.
+
+    cfg = load_config("run.yaml", overrides=["--algo.kl_coef", "0.001"])
+
+Every field has a type and a default (defaults follow the REINFORCE++ report: k1 KL in
+the reward, kl_coef 0.01, gamma 1, clip 0.2, global whitening, lr 5e-7, 4 samples per
+prompt). Unknown keys and values of the wrong type raise ``ConfigError`` naming the full
+key (``algo.kl_coef``), before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # local Hugging Face model directory (or hub id)
+    tokenizer_path: str | None = None  # defaults to ``path``
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_path: str = ""  # .jsonl or .parquet
+    eval_path: str | None = None  # held-out set; when absent, eval_size rows of train are held out
+    eval_size: int = 0
+    prompt_field: str = "prompt"
+    reference_field: str = "reference"  # optional per row; sent to reward services
+    apply_chat_template: bool = False  # only takes effect when the tokenizer has one
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 512  # longer prompts are cut from the left
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    prompts_per_step: int = 64  # global, across all processes
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    generation_batch_prompts: int = 16  # prompts per generate call (per process)
+    vllm_gpu_memory_utilization: float = 0.4
+
+
+@dataclass
+class RewardServiceConfig:
+    name: str = ""
+    kind: Literal["outcome", "process"] = "outcome"
+    targets: list[str] = field(default_factory=list)  # host:port list, or one dns:/// name
+    weight: float = 1.0  # outcome: multiplies the score; process: alpha on each step score
+    timeout_s: float = 30.0
+    max_in_flight: int = 4
+    token: str | None = None  # bearer token
+    tls_ca: str | None = None
+    tls_cert: str | None = None  # client certificate, for mTLS
+    tls_key: str | None = None
+    tls_server_name: str | None = None  # name to check in the server certificate
+
+
+@dataclass
+class RewardsConfig:
+    services: list[RewardServiceConfig] = field(default_factory=list)
+    max_failure_fraction: float = 0.1  # stop the run when more samples than this fail in a step
+    check_at_start: bool = True  # call GetInfo on every service before loading models
+    connect_timeout_s: float = 10.0
+
+
+@dataclass
+class AlgoConfig:
+    estimator: Literal["reinforce_pp", "reinforce_pp_baseline", "grpo", "rloo", "dr_grpo"] = (
+        "reinforce_pp"
+    )
+    kl_coef: float = 0.01  # beta of the per-token KL in the reward
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_loss_coef: float = 0.0  # KL as a loss term instead (REINFORCE++-baseline: k2, 1e-4..1e-3)
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k2"
+    gamma: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    reward_clip: float = 10.0
+    process_credit: Literal["sum", "min"] = "sum"
+    step_score_transform: Literal["identity", "centered", "log"] = "identity"
+    ppo_epochs: int = 1
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    normalize_reward: bool = False  # outcome -> (R - running mean) / running std
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # optimiser steps
+    max_grad_norm: float = 1.0
+    mini_batch_size: int = 128  # samples per optimiser step, global
+    micro_batch_size: int = 4  # samples per forward/backward, per process
+
+
+@dataclass
+class LoggingConfig:
+    jsonl: bool = True
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plot: bool = True
+    save_rollouts: bool = False  # per step and process: ids, rewards, advantages (.pt)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    resume: str | None = None  # a checkpoint directory, or "latest" in output_dir
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0 = never during training
+    max_prompts: int = 256
+    max_new_tokens: int | None = None  # defaults to rollout.max_new_tokens
+    accuracy_threshold: float = 0.5  # correct when the outcome score >= this
+    service: str | None = None  # outcome service used for accuracy; default: the first one
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/rpp"
+    total_steps: int = 100  # rollout + update iterations
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (dicts -> dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            return [value]  # one address is a one-element list
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key or 'config'}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML 1.1 reads "1e-3" as a string; accept anything float() reads exactly.
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(
+                f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}"
+            )
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _field_type(path: list[str]) -> Any:
+    """The annotation at a dotted path (list items by index), or raise naming the key."""
+    tp: Any = Config
+    for depth, part in enumerate(path):
+        key = ".".join(path[: depth + 1])
+        while typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is list:
+            if not part.isdigit():
+                raise ConfigError(f"unknown config key '{key}': expected a list index")
+            tp = typing.get_args(tp)[0]
+        elif _is_dataclass_type(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                raise ConfigError(
+                    f"unknown config key '{key}'; valid keys here: {', '.join(sorted(hints))}"
+                )
+            tp = hints[part]
+        else:
+            raise ConfigError(f"unknown config key '{key}': '{'.'.join(path[:depth])}' has no fields")
+    return tp
+
+
+def _parse_cli_value(raw: str, tp: Any) -> Any:
+    """Command-line text -> value: strings stay text, everything else is read as YAML."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if type(None) in options and raw.lower() in ("null", "none", "~"):
+        return None
+    if str in options or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
+        return raw
+    return yaml.safe_load(raw)
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = raw
+    for depth, part in enumerate(path[:-1]):
+        nxt = path[depth + 1]
+        if isinstance(node, list):
+            idx = int(part)
+            while len(node) <= idx:
+                node.append({})
+            node = node[idx]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        while len(node) <= idx:
+            node.append({})
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
+    """``["--algo.kl_coef", "0.001", "--seed=3"]`` -> ``[(["algo", "kl_coef"], 0.001), ...]``."""
+    pairs: list[tuple[list[str], Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"expected an override like --algo.kl_coef 0.001, got {arg!r}")
+        if "=" in arg:
+            dotted, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {arg} has no value; write {arg} VALUE")
+            dotted, raw = arg[2:], args[i + 1]
+            i += 2
+        path = dotted.split(".")
+        pairs.append((path, _parse_cli_value(raw, _field_type(path))))
+    return pairs
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (if given), apply ``--dotted.key value`` overrides, type-check everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        raw = loaded
+    for key_path, value in parse_overrides(overrides or []):
+        _set_path(raw, key_path, value)
+    return validate(_build(Config, raw))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a plain dict (the programmatic API)."""
+    return validate(_build(Config, data))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that need no model or network."""
+    if not cfg.model.path:
+        raise ConfigError("model.path is required: a local Hugging Face model directory")
+    if not cfg.data.train_path:
+        raise ConfigError("data.train_path is required: a .jsonl or .parquet file of prompts")
+    positive = {
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "rollout.generation_batch_prompts": cfg.rollout.generation_batch_prompts,
+        "optim.mini_batch_size": cfg.optim.mini_batch_size,
+        "optim.micro_batch_size": cfg.optim.micro_batch_size,
+        "algo.ppo_epochs": cfg.algo.ppo_epochs,
+        "total_steps": cfg.total_steps,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    rollout_samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    if rollout_samples % cfg.optim.mini_batch_size:
+        raise ConfigError(
+            f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must divide the rollout batch "
+            f"(rollout.prompts_per_step * rollout.samples_per_prompt = {rollout_samples})"
+        )
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 (evaluation is always greedy)")
+    if cfg.algo.estimator in ("reinforce_pp_baseline", "grpo", "rloo", "dr_grpo") and (
+        cfg.rollout.samples_per_prompt < 2
+    ):
+        raise ConfigError(
+            f"algo.estimator {cfg.algo.estimator} needs a group: set rollout.samples_per_prompt >= 2"
+        )
+    if not 0.0 <= cfg.rewards.max_failure_fraction <= 1.0:
+        raise ConfigError("rewards.max_failure_fraction must be in [0, 1]")
+    if not cfg.rewards.services:
+        raise ConfigError("rewards.services is empty: configure at least one reward service")
+    names = set()
+    for i, svc in enumerate(cfg.rewards.services):
+        key = f"rewards.services.{i}"
+        if not svc.name:
+            raise ConfigError(f"{key}.name is required (used in metrics and error messages)")
+        if svc.name in names:
+            raise ConfigError(f"{key}.name {svc.name!r} is used twice; names must be unique")
+        names.add(svc.name)
+        if not svc.targets:
+            raise ConfigError(f"{key}.targets is empty: give host:port addresses or a dns:/// name")
+        if svc.timeout_s <= 0:
+            raise ConfigError(f"{key}.timeout_s must be positive")
+        if (svc.tls_cert is None) != (svc.tls_key is None):
+            raise ConfigError(f"{key}: tls_cert and tls_key go together (mTLS)")
+    if cfg.eval.service is not None and cfg.eval.service not in names:
+        raise ConfigError(f"eval.service {cfg.eval.service!r} is not a configured reward service")
+    return cfg

@@ -1,0 +1,78 @@
+"""Rollouts with Hugging Face ``generate``: left-padded prompt chunks, n samples each."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from rpp_learner.rollout.base import (
+    RolloutBatch,
+    RolloutEngine,
+    SamplingParams,
+    concat_batches,
+    pad_left,
+)
+
+
+def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of the tokens up to and including the first EOS, and whether no EOS came."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (eos_before == 0).long(), ~is_eos.any(dim=1)
+
+
+class HFRolloutEngine(RolloutEngine):
+    """Samples from the policy itself; no weight sync needed since it shares the module."""
+
+    def __init__(self, model: PreTrainedModel, eos_ids: list[int], pad_id: int, batch_prompts: int = 16):
+        if not eos_ids:
+            raise ValueError("the tokenizer/model has no EOS token: set one so responses can end")
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.batch_prompts = batch_prompts
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
+        chunks = []
+        for start in range(0, len(prompts), self.batch_prompts):
+            # Seeding per chunk by the index of its first prompt makes the draws independent
+            # of how prompts are spread over processes (same chunks, same seeds).
+            chunks.append(self._generate_chunk(prompts[start : start + self.batch_prompts], params, seed + start))
+        return concat_batches(chunks, self.pad_id)
+
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
+        device = self.model.device
+        prompt_ids, prompt_mask = pad_left(prompts, self.pad_id)
+        if params.greedy:
+            gen = GenerationConfig(do_sample=False, num_beams=1)
+        else:
+            gen = GenerationConfig(
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,  # 0 disables; HF's own default would be 50
+            )
+        gen.max_new_tokens = params.max_new_tokens
+        gen.num_return_sequences = 1 if params.greedy else params.n
+        gen.eos_token_id = self.eos_ids
+        gen.pad_token_id = self.pad_id
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=prompt_ids.to(device),
+                attention_mask=prompt_mask.to(device),
+                generation_config=gen,
+            )
+        response_ids = out[:, prompt_ids.shape[1] :].cpu()
+        response_mask, truncated = response_mask_until_eos(response_ids, self.eos_ids)
+        response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
+        copies = params.n // gen.num_return_sequences  # greedy draws once, then copies
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(params.n, 0),
+            prompt_mask=prompt_mask.repeat_interleave(params.n, 0),
+            response_ids=response_ids.repeat_interleave(copies, 0),
+            response_mask=response_mask.repeat_interleave(copies, 0),
+            truncated=truncated.repeat_interleave(copies, 0),
+        )

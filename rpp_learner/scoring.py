@@ -1,0 +1,230 @@
+"""Calling the reward services, and turning their answers into reward tensors.
+
+The gRPC calls run on an asyncio loop in a background thread: ``submit`` returns at once
+and the trainer computes the old-policy and reference log-probs while the services work,
+so network time hides behind compute (torch releases the GIL in its kernels).
+
+Failure policy:
+- a per-sample error (or a missing score) masks that sample out of the update and is
+  counted per service;
+- a whole call that fails with anything but "unreachable" fails its samples the same way;
+- every replica of a service unreachable raises ``RewardServiceUnavailable``, which the
+  trainer turns into checkpoint + non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from reward_server.client import RewardClient, RewardServiceError, RewardServiceUnavailable
+from reward_server.security import TLSConfig
+from reward_server.types import Result, RewardKind, Sample, SampleError, ServiceInfo, Span
+from rpp_learner.algorithms.rewards import pad_steps, transform_step_scores
+from rpp_learner.config import RewardServiceConfig
+from rpp_learner.credit import step_reward_tokens
+
+__all__ = [
+    "RewardScorer",
+    "RewardSetupError",
+    "RewardServiceUnavailable",
+    "ScoredBatch",
+    "assemble_scores",
+]
+
+
+class RewardSetupError(RuntimeError):
+    """A reward service could not be used at start (unreachable, or the wrong kind)."""
+
+
+@dataclass
+class ScoredBatch:
+    outcome: torch.Tensor  # [B] weighted sum of the outcome services (0 where invalid)
+    step_token_index: torch.Tensor  # [B, S] reward token of each step, -1 = none
+    step_scores: torch.Tensor  # [B, S] weight * f(step score) of each step
+    valid: torch.Tensor  # [B] bool: every service scored this sample
+    failures: dict[str, int] = field(default_factory=dict)  # per service
+    first_errors: list[str] = field(default_factory=list)  # a few messages, for logs
+    service_means: dict[str, float] = field(default_factory=dict)  # per-service mean score
+
+
+def _tls(svc: RewardServiceConfig) -> TLSConfig | None:
+    if not (svc.tls_ca or svc.tls_cert):
+        return None
+    return TLSConfig(
+        cert_file=svc.tls_cert, key_file=svc.tls_key, ca_file=svc.tls_ca, server_name=svc.tls_server_name
+    )
+
+
+def _failed(samples: list[Sample], code: str, message: str) -> list[Result]:
+    return [Result(id=s.id, error=SampleError(code, message)) for s in samples]
+
+
+class RewardScorer:
+    """One client per configured service, driven from a private event loop thread."""
+
+    def __init__(self, services: list[RewardServiceConfig]):
+        self.services = services
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rpp-reward-io", daemon=True)
+        self._thread.start()
+        self._clients: dict[str, RewardClient] = self._run(self._open())
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _open(self) -> dict[str, RewardClient]:
+        # Channels must be created on the loop that uses them.
+        return {
+            s.name: RewardClient(
+                s.targets,
+                name=s.name,
+                timeout_s=s.timeout_s,
+                max_in_flight=s.max_in_flight,
+                token=s.token,
+                tls=_tls(s),
+            )
+            for s in self.services
+        }
+
+    def check(self, timeout_s: float) -> dict[str, ServiceInfo]:
+        """GetInfo on every service; raise naming the service if it is down or the wrong kind."""
+
+        async def one(svc: RewardServiceConfig) -> ServiceInfo:
+            try:
+                info = await asyncio.wait_for(self._clients[svc.name].get_info(), timeout_s)
+            except RewardServiceError as exc:
+                raise RewardSetupError(f"{exc}. Start the service or fix rewards.services targets") from None
+            except TimeoutError:
+                raise RewardSetupError(
+                    f"reward service {svc.name!r} at {', '.join(svc.targets)} did not answer GetInfo "
+                    f"within rewards.connect_timeout_s={timeout_s}; start it or fix its targets"
+                ) from None
+            if info.kind != RewardKind(svc.kind):
+                raise RewardSetupError(
+                    f"reward service {svc.name!r} at {', '.join(svc.targets)} is a {info.kind.value} "
+                    f"service but the config says kind: {svc.kind}"
+                )
+            return info
+
+        async def all_services() -> list[ServiceInfo]:
+            return await asyncio.gather(*(one(s) for s in self.services))
+
+        return dict(zip((s.name for s in self.services), self._run(all_services()), strict=True))
+
+    def submit(self, samples: list[Sample], only: list[str] | None = None) -> Future[dict[str, list[Result]]]:
+        """Start scoring ``samples`` with every service (or those named in ``only``);
+        the future holds the results by service name."""
+        services = [s for s in self.services if only is None or s.name in only]
+        return asyncio.run_coroutine_threadsafe(self._score_all(samples, services), self._loop)
+
+    async def _score_all(
+        self, samples: list[Sample], services: list[RewardServiceConfig]
+    ) -> dict[str, list[Result]]:
+        async def one(svc: RewardServiceConfig) -> list[Result]:
+            try:
+                return await self._clients[svc.name].score(samples)
+            except RewardServiceUnavailable:
+                raise
+            except RewardServiceError as exc:
+                return _failed(samples, exc.code, f"{svc.name}: {exc.details}")
+
+        results = await asyncio.gather(*(one(s) for s in services))
+        return dict(zip((s.name for s in services), results, strict=True))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
+
+        self._run(close_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+def _step_rewards_of(
+    result: Result, svc: RewardServiceConfig, text: str, token_end_bytes: list[int],
+    truncated: bool, separator: str, transform: str,
+) -> tuple[list[int], list[float]]:
+    spans = [Span(s.span.start, s.span.end) for s in result.steps]
+    indices, scores = step_reward_tokens(
+        text, token_end_bytes, spans, [s.score for s in result.steps], truncated=truncated, separator=separator
+    )
+    return indices, (svc.weight * transform_step_scores(torch.tensor(scores), transform)).tolist()
+
+
+def assemble_scores(
+    results: dict[str, list[Result]],
+    services: list[RewardServiceConfig],
+    texts: list[str],
+    token_end_bytes: list[list[int]],
+    truncated: list[bool],
+    *,
+    separators: dict[str, str] | None = None,
+    step_score_transform: str = "identity",
+    max_logged_errors: int = 5,
+) -> ScoredBatch:
+    """Results of every service -> outcome [B] and (step_token_index, step_scores) [B, S].
+
+    ``texts[i]`` and ``token_end_bytes[i]`` come from ``rpp_learner.credit.decode_with_offsets``
+    and map the returned byte spans to reward tokens; the unfinished last step of a
+    truncated response gets no reward token (see ``credit.step_reward_tokens``), so
+    ``separators`` (service name -> its step separator, default "\n\n") are needed.
+    Several process services add their step rewards (each times its weight).
+    """
+    batch = len(texts)
+    outcome = torch.zeros(batch)
+    valid = torch.ones(batch, dtype=torch.bool)
+    step_index: list[list[int]] = [[] for _ in range(batch)]
+    step_value: list[list[float]] = [[] for _ in range(batch)]
+    failures: dict[str, int] = {}
+    errors: list[str] = []
+    means: dict[str, float] = {}
+
+    def fail(i: int, svc: RewardServiceConfig, message: str) -> None:
+        valid[i] = False
+        failures[svc.name] = failures.get(svc.name, 0) + 1
+        if len(errors) < max_logged_errors:
+            errors.append(f"{svc.name} sample {i}: {message}")
+
+    for svc in services:
+        per_sample = results[svc.name]
+        if len(per_sample) != batch:
+            raise ValueError(f"service {svc.name!r} returned {len(per_sample)} results for {batch} samples")
+        scores = []
+        for i, res in enumerate(per_sample):
+            if res.error is not None:
+                fail(i, svc, f"{res.error.code}: {res.error.message}")
+            elif svc.kind == "outcome":
+                if res.outcome is None:
+                    fail(i, svc, "no outcome score in the result")
+                    continue
+                outcome[i] += svc.weight * res.outcome
+                scores.append(res.outcome)
+            else:
+                try:
+                    idx, val = _step_rewards_of(
+                        res, svc, texts[i], token_end_bytes[i], truncated[i],
+                        (separators or {}).get(svc.name, "\n\n"), step_score_transform,
+                    )
+                except ValueError as exc:  # a span outside the response, for example
+                    fail(i, svc, f"bad step spans: {exc}")
+                    continue
+                step_index[i] += idx
+                step_value[i] += val
+                scores.extend(s.score for s in res.steps)
+        means[svc.name] = sum(scores) / len(scores) if scores else float("nan")
+
+    for i in range(batch):  # an invalid sample contributes nothing anywhere
+        if not valid[i]:
+            outcome[i] = 0.0
+            step_index[i], step_value[i] = [], []
+    index, value = pad_steps(step_index, step_value)
+    return ScoredBatch(outcome, index, value, valid, failures, errors, means)

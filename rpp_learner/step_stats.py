@@ -1,0 +1,49 @@
+"""Per-step statistics of a rollout, all-reduced over processes."""
+
+from __future__ import annotations
+
+import torch
+
+from rpp_learner.algorithms.kl import kl_penalty
+from rpp_learner.algorithms.whiten import all_reduce_sum
+from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.scoring import ScoredBatch
+
+
+def rollout_metrics(
+    batch: RolloutBatch, scored: ScoredBatch, mask: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
+) -> dict[str, float]:
+    """Rewards, failures, lengths and KL of one step, over every process's samples.
+
+    Means are of global sums / global counts (all-reduced), never means of rank means.
+    Rewards average over the samples that were scored; KL (k1, old policy vs reference)
+    over their tokens.
+    """
+    valid = scored.valid.double()
+    process = (scored.step_scores * (scored.step_token_index >= 0)).sum(1).double()
+    lengths = batch.response_mask.sum(1).double()
+    kl_tokens = (kl_penalty(old_logp, ref_logp, "k1").double() * mask).sum()
+    sums = all_reduce_sum(torch.stack([
+        (scored.outcome.double() * valid).sum(),
+        (process * valid).sum(),
+        valid.sum(),
+        torch.tensor(float(len(valid)), dtype=torch.float64),
+        lengths.sum(),
+        batch.truncated.double().sum(),
+        kl_tokens,
+        mask.double().sum(),
+    ]))
+    n_valid = max(sums[2].item(), 1.0)
+    metrics = {
+        "reward/outcome": sums[0].item() / n_valid,
+        "reward/process": sums[1].item() / n_valid,
+        "reward/total": (sums[0] + sums[1]).item() / n_valid,
+        "reward/failed": sums[3].item() - sums[2].item(),
+        "reward/failed_frac": 1.0 - sums[2].item() / sums[3].item(),
+        "response_length": sums[4].item() / sums[3].item(),
+        "truncated_frac": sums[5].item() / sums[3].item(),
+        "kl": sums[6].item() / max(sums[7].item(), 1.0),
+    }
+    for name, fails in sorted(scored.failures.items()):
+        metrics[f"reward/failed/{name}"] = float(fails)  # this process's count
+    return metrics

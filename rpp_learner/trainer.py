@@ -1,0 +1,466 @@
+"""The REINFORCE++ training loop. Read ``Trainer.train`` top to bottom:
+
+    rollout -> (reward services || old/ref log-probs) -> dense rewards + advantages
+            -> ppo_epochs x shuffled mini-batches (grad accumulation, clip, AdamW, LR schedule)
+            -> log, evaluate, checkpoint
+
+Under ``accelerate launch`` every process generates and scores its own share of the
+prompts; whitening, token counts and metrics are all-reduced, so N processes compute what
+one process would on the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from reward_server.client import RewardServiceUnavailable
+from reward_server.types import Sample
+from rpp_learner import checkpoint as ckpt
+from rpp_learner.algorithms.advantages import AdvantageInputs, compute_advantages
+from rpp_learner.algorithms.kl import kl_penalty
+from rpp_learner.algorithms.loss import global_sequence_count, global_token_count, policy_loss
+from rpp_learner.algorithms.rewards import RunningMeanStd
+from rpp_learner.algorithms.whiten import all_reduce_sum
+from rpp_learner.config import Config, ConfigError, save_config
+from rpp_learner.credit import decode_with_offsets
+from rpp_learner.data import PromptOrder, PromptRecord, encode_prompt, load_records, split_held_out
+from rpp_learner.forward import batched_logprobs, response_logprobs
+from rpp_learner.metrics_log import MetricsLogger
+from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
+from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
+from rpp_learner.step_stats import rollout_metrics
+
+_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early on purpose (rewards unavailable or failing); a checkpoint was saved."""
+
+    exit_code = 3
+
+
+@dataclass
+class Rollout:
+    """One process's share of a step: the samples, their rewards and everything derived."""
+
+    batch: RolloutBatch
+    records: list[PromptRecord]  # one per sample
+    group_index: torch.Tensor  # [B] global prompt index of each sample
+    texts: list[str]
+    token_end_bytes: list[list[int]]
+
+
+def check_model_path(path: str) -> None:
+    p = Path(path).expanduser()
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model.path {path!r} is not a Hugging Face model directory (no config.json there); "
+            "point it at a directory saved with save_pretrained, or a hub id like org/name"
+        )
+
+
+class Trainer:
+    def __init__(self, config: Config, accelerator: Accelerator | None = None):
+        self.cfg = cfg = config
+        self.acc = accelerator or Accelerator()
+        self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        self._check_sizes()
+        set_seed(cfg.seed)
+        self.out_dir = Path(cfg.output_dir)
+
+        # Cheap checks first: data, model path and reward services, before any model loads.
+        records = load_records(cfg.data.train_path, cfg.data.prompt_field, cfg.data.reference_field)
+        if cfg.data.eval_path:
+            self.train_records = records
+            self.eval_records = load_records(cfg.data.eval_path, cfg.data.prompt_field, cfg.data.reference_field)
+        else:
+            self.train_records, self.eval_records = split_held_out(records, cfg.data.eval_size, cfg.seed)
+        check_model_path(cfg.model.path)
+        self.scorer = RewardScorer(cfg.rewards.services)
+        self.separators: dict[str, str] = {}
+        if cfg.rewards.check_at_start:
+            infos = self.scorer.check(cfg.rewards.connect_timeout_s)
+            self.separators = {name: info.step_separator for name, info in infos.items()}
+
+        resume_from = ckpt.find_checkpoint(cfg.checkpoint.resume, cfg.output_dir) if cfg.checkpoint.resume else None
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.path)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id  # padding is masked; any id works
+        self.prompts = [self._encode(r.prompt) for r in self.train_records]
+        self.order = PromptOrder(len(self.train_records), cfg.seed, cfg.data.shuffle)
+
+        policy_path = str(resume_from / "policy") if resume_from else cfg.model.path
+        policy = self._load_model(policy_path)
+        if cfg.model.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.ref_model = None
+        if cfg.algo.kl_coef != 0.0 or cfg.algo.kl_loss_coef != 0.0:
+            self.ref_model = self._load_model(cfg.model.path).to(self.acc.device).requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            policy.parameters(),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
+            eps=cfg.optim.adam_eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        # Not passed to accelerator.prepare: its wrapper steps the schedule once per process.
+        self.scheduler = get_scheduler(
+            _SCHEDULERS[cfg.optim.lr_scheduler],
+            optimizer,
+            num_warmup_steps=cfg.optim.warmup_steps,
+            num_training_steps=cfg.total_steps * cfg.algo.ppo_epochs * self.mini_batches_per_epoch,
+        )
+        self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
+        # Dropout stays off (eval mode) in every pass: the ratio must be exactly 1 before the
+        # first update, and the log-probs must match the ones the sampler used.
+        self.policy.eval()
+        self.eos_ids = eos_token_ids(self.tokenizer, policy)
+        self.engine = make_engine(cfg, self.acc.unwrap_model(self.policy), self.eos_ids, self.pad_id)
+        self.reward_stats = RunningMeanStd()
+
+        self.step = 0
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(
+                resume_from, accelerator=self.acc, optimizer=self.optimizer, scheduler=self.scheduler
+            )
+            self.step = state["step"]
+            self.reward_stats.load_state_dict(state["reward_stats"])
+        if self.acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run to ``total_steps`` (or ``stop_after`` more steps, then checkpoint and return;
+        call again to continue). Returns a summary: first/last/all metrics, paths."""
+        cfg = self.cfg
+        last_step = cfg.total_steps if stop_after is None else min(cfg.total_steps, self.step + stop_after)
+        logger = (
+            MetricsLogger(self.out_dir, cfg.logging, total_steps=cfg.total_steps, start_step=self.step)
+            if self.acc.is_main_process
+            else None
+        )
+        history: list[dict[str, float]] = []
+        try:
+            while self.step < last_step:
+                metrics = self.train_step(self.step + 1)
+                self.step += 1
+                if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.eval_records:
+                    metrics.update(self.evaluate())
+                history.append(metrics)
+                if logger is not None:
+                    logger.log(self.step, metrics)
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                    self.save()
+            final = self.save()
+        finally:
+            plot = logger.close() if logger is not None else None
+            if self.step >= cfg.total_steps:
+                self.scorer.close()
+        return {
+            "steps": self.step,
+            "first": history[0] if history else {},
+            "last": history[-1] if history else {},
+            "history": history,
+            "checkpoint": str(final),
+            "plot": str(plot) if plot else None,
+            "output_dir": str(self.out_dir),
+        }
+
+    def train_step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        rollout = self._rollout(step)
+        t_rollout = time.perf_counter()
+
+        # The reward services work while this thread runs the log-prob forwards.
+        pending = self.scorer.submit(self._samples(rollout, step))
+        b = rollout.batch
+        old_logp = self._logprobs(self.policy, b)
+        ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else old_logp
+        t_forward = time.perf_counter()
+        scored = self._collect_scores(pending, rollout)
+        t_rewards = time.perf_counter()
+
+        mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
+        adv = self._advantages(rollout, scored, mask, old_logp, ref_logp)
+        update = self._update(b, mask, old_logp, ref_logp, adv.advantages, step)
+        t_end = time.perf_counter()
+
+        if self.cfg.logging.save_rollouts:
+            self._save_rollout(step, rollout, scored, adv)
+        metrics = rollout_metrics(rollout.batch, scored, mask, old_logp, ref_logp)
+        metrics.update(update)
+        metrics.update({
+            "time/step_s": t_end - t0,
+            "time/rollout_s": t_rollout - t0,
+            "time/logprob_s": t_forward - t_rollout,
+            "time/reward_wait_s": t_rewards - t_forward,
+            "time/update_s": t_end - t_rewards,
+        })
+        return metrics
+
+    # ------------------------------------------------------------------ stages
+
+    def _rollout(self, step: int, *, greedy: bool = False) -> Rollout:
+        cfg = self.cfg.rollout
+        per_rank = cfg.prompts_per_step // self.world
+        first = (step - 1) * cfg.prompts_per_step + self.rank * per_rank  # global position
+        indices = self.order.indices(first, per_rank)
+        params = SamplingParams(
+            n=cfg.samples_per_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            greedy=greedy,
+        )
+        # Seed = f(step, global position): the same samples whatever the number of processes.
+        batch = self.engine.generate([self.prompts[i] for i in indices], params, seed=self._seed(step) + first)
+        records = [self.train_records[i] for i in indices for _ in range(cfg.samples_per_prompt)]
+        groups = torch.arange(first, first + per_rank).repeat_interleave(cfg.samples_per_prompt)
+        return self._with_text(batch, records, groups)
+
+    def _with_text(self, batch: RolloutBatch, records: list[PromptRecord], groups: torch.Tensor) -> Rollout:
+        eos = set(self.eos_ids)
+        texts, ends = [], []
+        for ids, m in zip(batch.response_ids, batch.response_mask, strict=True):
+            tokens = ids[m.bool()].tolist()
+            if tokens and tokens[-1] in eos:
+                tokens = tokens[:-1]  # the EOS is not part of the text the services see
+            text, token_end_bytes = decode_with_offsets(self.tokenizer, tokens)
+            texts.append(text)
+            ends.append(list(token_end_bytes))
+        return Rollout(batch, records, groups, texts, ends)
+
+    def _samples(self, rollout: Rollout, step: int) -> list[Sample]:
+        return [
+            Sample(
+                id=f"s{step}-r{self.rank}-{i}",
+                prompt=rec.prompt,
+                response=text,
+                reference=rec.reference,
+                metadata={"prompt_row": str(rec.row)},
+            )
+            for i, (rec, text) in enumerate(zip(rollout.records, rollout.texts, strict=True))
+        ]
+
+    def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
+        return batched_logprobs(
+            model,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.response_ids,
+            batch.response_mask,
+            micro_batch_size=self.cfg.optim.micro_batch_size,
+            temperature=self.cfg.rollout.temperature,
+            device=self.acc.device,
+        )
+
+    def _collect_scores(self, pending, rollout: Rollout) -> ScoredBatch:
+        """Wait for the services; stop every process together if any could not reach one."""
+        error: RewardServiceUnavailable | None = None
+        try:
+            results = pending.result()
+        except RewardServiceUnavailable as exc:
+            error, results = exc, None
+        if all_reduce_sum(torch.tensor(float(error is not None))).item() > 0:
+            self.save()
+            where = f": {error}" if error else " on another process"
+            raise TrainingStopped(
+                f"a reward service became unreachable{where}. Checkpoint saved at step {self.step} "
+                f"in {ckpt.checkpoint_root(self.out_dir)}; restart the service and rerun with "
+                "--checkpoint.resume latest"
+            )
+        scored = assemble_scores(
+            results, self.cfg.rewards.services, rollout.texts, rollout.token_end_bytes,
+            rollout.batch.truncated.tolist(), separators=self.separators,
+            step_score_transform=self.cfg.algo.step_score_transform,
+        )
+        failed = all_reduce_sum(torch.tensor(float((~scored.valid).sum())))
+        total = len(rollout.texts) * self.world
+        if failed.item() > self.cfg.rewards.max_failure_fraction * total:
+            self.save()
+            raise TrainingStopped(
+                f"{int(failed.item())} of {total} samples got no reward this step, more than "
+                f"rewards.max_failure_fraction={self.cfg.rewards.max_failure_fraction}. First errors: "
+                f"{'; '.join(scored.first_errors) or '(on another process)'}. Checkpoint saved."
+            )
+        return scored
+
+    def _advantages(self, rollout: Rollout, scored: ScoredBatch, mask, old_logp, ref_logp):
+        algo = self.cfg.algo
+        outcome = scored.outcome
+        if algo.normalize_reward:
+            self.reward_stats.update(outcome[scored.valid])
+            outcome = self.reward_stats.normalize(outcome)
+        inputs = AdvantageInputs(
+            mask=mask,
+            kl=kl_penalty(old_logp, ref_logp, algo.kl_estimator),
+            outcome=outcome,
+            step_token_index=scored.step_token_index,
+            step_scores=scored.step_scores,
+            group_index=rollout.group_index,
+            truncated=rollout.batch.truncated,
+        )
+        return compute_advantages(
+            algo.estimator,
+            inputs,
+            kl_coef=algo.kl_coef,
+            gamma=algo.gamma,
+            credit=algo.process_credit,
+            process_coef=1.0,  # scoring already applied each service's weight and f(s)
+            reward_clip=(-algo.reward_clip, algo.reward_clip),
+        )
+
+    def _update(self, b: RolloutBatch, mask, old_logp, ref_logp, advantages, step: int) -> dict[str, float]:
+        cfg, algo = self.cfg, self.cfg.algo
+        mini = cfg.optim.mini_batch_size // self.world
+        micro = cfg.optim.micro_batch_size
+        totals = torch.zeros(4, dtype=torch.float64)  # loss, clipped tokens, tokens, grad norm
+        n_updates = 0
+        for epoch in range(algo.ppo_epochs):
+            order = torch.randperm(len(b), generator=torch.Generator().manual_seed(self._seed(step) + epoch))
+            for start in range(0, len(b), mini):
+                rows = order[start : start + mini]
+                chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
+                num_tokens = global_token_count([mask[c] for c in chunks])
+                num_seqs = global_sequence_count([mask[c] for c in chunks])
+                for j, c in enumerate(chunks):
+                    # DDP syncs gradients on the last micro-batch only.
+                    sync = contextlib.nullcontext() if j == len(chunks) - 1 else self.acc.no_sync(self.policy)
+                    with sync:
+                        dev = self.acc.device
+                        logp = response_logprobs(
+                            self.policy, b.prompt_ids[c].to(dev), b.prompt_mask[c].to(dev),
+                            b.response_ids[c].to(dev), b.response_mask[c].to(dev), cfg.rollout.temperature,
+                        )
+                        loss, m = policy_loss(
+                            logp, old_logp[c].to(dev), advantages[c].to(dev), mask[c].to(dev),
+                            algo.clip_low, algo.clip_high, algo.dual_clip, num_tokens, algo.loss_aggregation,
+                            num_sequences=num_seqs, ref_logp=ref_logp[c].to(dev),
+                            kl_loss_coef=algo.kl_loss_coef, kl_loss_kind=algo.kl_loss_estimator,
+                        )
+                        # DDP averages gradients over processes; the loss is already divided
+                        # by the global count, so undo the average.
+                        self.acc.backward(loss * self.world)
+                    tokens = mask[c].sum().item()
+                    totals[0] += loss.item()
+                    totals[1] += m["clip_fraction"].item() * tokens
+                    totals[2] += tokens
+                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
+                totals[3] += float(grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                n_updates += 1
+        self.engine.sync_weights(self.acc.unwrap_model(self.policy))
+        totals[:3] = all_reduce_sum(totals[:3])
+        return {
+            "loss": totals[0].item() / n_updates,
+            "clip_frac": totals[1].item() / max(totals[2].item(), 1.0),
+            "grad_norm": totals[3].item() / n_updates,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy responses to the held-out prompts; accuracy = share with outcome >= threshold."""
+        cfg = self.cfg
+        names = [s.name for s in cfg.rewards.services if s.kind == "outcome"]
+        if not self.eval_records or not names:
+            return {}
+        service = cfg.eval.service or names[0]
+        records = self.eval_records[: cfg.eval.max_prompts][self.rank :: self.world]
+        correct = scored = 0.0
+        if records:
+            params = SamplingParams(n=1, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, greedy=True)
+            batch = self.engine.generate([self._encode(r.prompt) for r in records], params, seed=0)
+            rollout = self._with_text(batch, records, torch.arange(len(records)))
+            results = self.scorer.submit(self._samples(rollout, -1), only=[service]).result()[service]
+            for res in results:
+                if res.ok and res.outcome is not None:
+                    scored += 1
+                    correct += float(res.outcome >= cfg.eval.accuracy_threshold)
+        counts = all_reduce_sum(torch.tensor([correct, scored], dtype=torch.float64))
+        total = max(counts[1].item(), 1.0)
+        return {"eval/accuracy": counts[0].item() / total, "eval/scored": counts[1].item()}
+
+    # ------------------------------------------------------------------ helpers
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.out_dir,
+            accelerator=self.acc,
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state={
+                "step": self.step,
+                "data_position": self.step * self.cfg.rollout.prompts_per_step,
+                "reward_stats": self.reward_stats.state_dict(),
+            },
+            keep_last=self.cfg.checkpoint.keep_last,
+        )
+
+    def _save_rollout(self, step, rollout: Rollout, scored: ScoredBatch, adv) -> None:
+        folder = self.out_dir / "rollouts"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "group_index": rollout.group_index,
+                "response_ids": rollout.batch.response_ids,
+                "mask": adv.mask,
+                "outcome": scored.outcome,
+                "step_token_index": scored.step_token_index,
+                "step_scores": scored.step_scores,
+                "valid": scored.valid,
+                "dense_rewards": adv.dense_rewards,
+                "advantages": adv.advantages,
+                "texts": rollout.texts,
+                "prompts": [r.prompt for r in rollout.records],
+            },
+            folder / f"step_{step:06d}_rank{self.rank}.pt",
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        d = self.cfg.data
+        return encode_prompt(
+            self.tokenizer, text, apply_chat_template=d.apply_chat_template,
+            system_prompt=d.system_prompt, max_tokens=d.max_prompt_tokens,
+        )
+
+    def _seed(self, step: int) -> int:
+        return self.cfg.seed * 1_000_003 + step * 10_007
+
+    def _load_model(self, path: str):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=_DTYPES[self.cfg.model.dtype], trust_remote_code=self.cfg.model.trust_remote_code
+        )
+
+    def _check_sizes(self) -> None:
+        cfg, w = self.cfg, self.world
+        if cfg.rollout.prompts_per_step % w:
+            raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the {w} processes")
+        if cfg.optim.mini_batch_size % w:
+            raise ConfigError(f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be divisible by the {w} processes")
+
+    @property
+    def mini_batches_per_epoch(self) -> int:
+        return self.cfg.rollout.prompts_per_step * self.cfg.rollout.samples_per_prompt // self.cfg.optim.mini_batch_size

@@ -1,0 +1,75 @@
+"""2 processes under ``accelerate launch --cpu`` compute what 1 process computes on the
+same global batch: the same samples, advantages (global whitening), loss and weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from tests.helpers.learner_rewards import reward_services, run_config
+from tests.helpers.tiny_models import build_tiny_policy
+
+
+def _launch(tmp_path, name: str, cfg: dict, processes: int) -> dict:
+    run_dir = tmp_path / name
+    cfg = {**cfg, "output_dir": str(run_dir)}
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    if processes == 1:
+        cmd = [sys.executable, "-m", "rpp_learner", "--config", str(config_path)]
+    else:
+        cmd = [
+            # The command users run; rpp_learner.launch starts the CPU workers.
+            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", "rpp_learner", "--config", str(config_path),
+        ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rollouts = [torch.load(p, weights_only=False) for p in sorted((run_dir / "rollouts").glob("step_000001_rank*.pt"))]
+    assert len(rollouts) == processes
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    return {"rollouts": rollouts, "metrics": metrics, "policy": run_dir / "checkpoints/step_000001/policy"}
+
+
+def _joined(rollouts: list[dict], key: str) -> torch.Tensor:
+    """Concatenate per-rank tensors in global sample order, padding the token dimension."""
+    parts = [r[key] for r in rollouts]
+    width = max(p.shape[-1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts])
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    policy_dir = build_tiny_policy(tmp_path / "policy")
+    with reward_services() as services:
+        cfg = run_config(
+            tmp_path, policy_dir, services,
+            rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 2},
+            optim={"lr": 1e-3, "mini_batch_size": 8, "micro_batch_size": 2},
+            logging={"progress_bar": False, "tensorboard": False, "plot": False, "save_rollouts": True},
+        )
+        cfg["data"]["eval_size"] = 0
+        one = _launch(tmp_path, "one", cfg, processes=1)
+        two = _launch(tmp_path, "two", cfg, processes=2)
+
+    a, b = one["rollouts"], two["rollouts"]
+    assert torch.equal(_joined(a, "group_index"), _joined(b, "group_index"))
+    assert torch.equal(_joined(a, "response_ids"), _joined(b, "response_ids"))  # same samples
+    torch.testing.assert_close(_joined(a, "dense_rewards"), _joined(b, "dense_rewards"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_joined(a, "advantages"), _joined(b, "advantages"), atol=1e-5, rtol=0)
+    assert _joined(b, "advantages").abs().sum() > 0
+    for key in ("loss", "reward/total", "kl", "response_length", "clip_frac"):
+        assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-5), key
+    wa = AutoModelForCausalLM.from_pretrained(one["policy"]).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(two["policy"]).state_dict()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0, msg=name)
