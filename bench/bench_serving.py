@@ -11,8 +11,9 @@
    design; aiohttp client) doing the same, both in their own processes: batches of 64 samples with ~1 KB
    responses, and single samples from 64 concurrent callers (target >= 2x).
 
-Each figure is the best of a few interleaved repeats: the machine is shared and noisy,
-the ratios are what to compare.
+The two sides of each line run interleaved (A B, B A, A B, ...) after one warm-up each, and
+each figure is the median over the repeats; the ratio is the median of the per-repeat
+ratios. The machine is shared and noisy: the ratios are what to compare.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,20 +47,31 @@ def make_samples(n: int, response_bytes: int, tag: str = "") -> list[Sample]:
     return [Sample(id=f"{tag}{i}", prompt=f"question {i}?", response=f"{i} {body}") for i in range(n)]
 
 
-async def best_rate(samples_per_run: int, run: Callable[[], Awaitable[object]], repeats: int) -> float:
-    """Best samples/s over ``repeats`` runs (after one warm-up run)."""
-    await run()
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        await run()
-        best = max(best, samples_per_run / (time.perf_counter() - start))
-    return best
+async def compare(
+    samples_per_run: int, run_a: Callable[[], Awaitable[object]], run_b: Callable[[], Awaitable[object]], repeats: int
+) -> tuple[float, float, float]:
+    """Median samples/s of A and of B, and the median of the per-repeat ratios B/A.
+
+    One warm-up run each, then ``repeats`` rounds of both, in alternating order, so that
+    a burst of load from elsewhere on the machine hits both sides alike.
+    """
+    await run_a()
+    await run_b()
+    rates_a: list[float] = []
+    rates_b: list[float] = []
+    for r in range(repeats):
+        order = ((run_a, rates_a), (run_b, rates_b))
+        for run, rates in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            await run()
+            rates.append(samples_per_run / (time.perf_counter() - start))
+    ratio = statistics.median(b / a for a, b in zip(rates_a, rates_b, strict=True))
+    return statistics.median(rates_a), statistics.median(rates_b), ratio
 
 
-def print_row(label: str, a_name: str, a: float, b_name: str, b: float, target: str) -> None:
+def print_row(label: str, a_name: str, a: float, b_name: str, b: float, ratio: float, target: str) -> None:
     print(f"{label}\n    {a_name:<38} {a:>10.1f} samples/s\n    {b_name:<38} {b:>10.1f} samples/s"
-          f"\n    ratio {b / a:.3f}   (target {target})", flush=True)
+          f"\n    ratio {ratio:.3f}   (target {target})", flush=True)
 
 
 # ------------------------------------------------------------------ 1 and 2: HF model
@@ -103,10 +116,9 @@ async def bench_hf_model(repeats: int, rounds: int) -> None:
                 await client.score([s for batch in batches for s in batch])  # split to 64 by GetInfo
 
             n = 64 * rounds
-            local = await best_rate(n, in_process, repeats)
-            remote = await best_rate(n, served, repeats)
+            local, remote, ratio = await compare(n, in_process, served, repeats)
             print_row("1. tiny HF reward model, batches of 64", "in-process scorer", local,
-                      "served over gRPC (loopback)", remote, ">= 0.95")
+                      "served over gRPC (loopback)", remote, ratio, ">= 0.95")
 
             single = batches[0]
 
@@ -117,15 +129,14 @@ async def bench_hf_model(repeats: int, rounds: int) -> None:
                 await asyncio.gather(*(client.score([s]) for s in single))
 
             client_many = RewardClient(server.address, max_in_flight=64)
-            batched = await best_rate(64, one_call, repeats * 2)
 
             async def singles_many() -> None:
                 await asyncio.gather(*(client_many.score([s]) for s in single))
 
-            merged = await best_rate(64, singles_many, repeats * 2)
+            batched, merged, ratio = await compare(64, one_call, singles_many, repeats * 2)
             await client_many.close()
             print_row("2. dynamic batching, same server", "one 64-sample call", batched,
-                      "64 concurrent single-sample callers", merged, ">= 0.8")
+                      "64 concurrent single-sample callers", merged, ratio, ">= 0.8")
 
 
 # ------------------------------------------------------------------ 3: gRPC vs HTTP/JSON
@@ -208,10 +219,9 @@ async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
                             await asyncio.gather(*(caller(k) for k in range(callers)))
                         return run
 
-                    http_rate = await best_rate(n, runner(http_score), repeats)
-                    grpc_rate = await best_rate(n, runner(grpc_score), repeats)
+                    http_rate, grpc_rate, ratio = await compare(n, runner(http_score), runner(grpc_score), repeats)
                     print_row(label, "HTTP/JSON (FastAPI + uvicorn, aiohttp)", http_rate,
-                              "gRPC (rpp server + RewardClient)", grpc_rate, ">= 2")
+                              "gRPC (rpp server + RewardClient)", grpc_rate, ratio, ">= 2")
         finally:
             for proc in (grpc_proc, http_proc):
                 proc.terminate()
@@ -223,7 +233,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--only", choices=["hf", "http"], help="run one part")
     args = parser.parse_args()
-    repeats, rounds = (2, 4) if args.quick else (3, 16)
+    repeats, rounds = (3, 4) if args.quick else (5, 16)
     print(f"bench_serving: {os.cpu_count()} CPUs, python {sys.version.split()[0]}", flush=True)
     if args.only in (None, "hf"):
         asyncio.run(bench_hf_model(repeats, rounds))

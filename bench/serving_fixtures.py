@@ -17,6 +17,7 @@ from reward_server.types import Result, RewardKind, Sample
 class TrivialScorer(Scorer):
     kind = RewardKind.OUTCOME
     model_name = "trivial-length"
+    blocking = False  # never blocks: the server runs it on its event loop, as the HTTP baseline does
 
     def __init__(self, **_options: Any) -> None:
         pass

@@ -2,15 +2,22 @@
 
 Every sample of every request goes into one FIFO queue. A worker takes the longest
 prefix of the queue that fits ``max_batch_samples`` and ``max_batch_cost`` (the sum of
-``Scorer.cost``), waiting at most ``max_wait_ms`` after the oldest sample arrived for the
-batch to fill, then makes ONE scorer call for it and hands each caller its own results.
-While the scorer runs, new work piles up, so the next batch is bigger: under load the
-batch size adapts to the arrival rate (Triton's "max queue delay" design, TEI's token
-budget).
+``Scorer.cost``), makes ONE scorer call for it and hands each caller its own results.
 
-The scorer runs on its own thread with its own event loop. A model forward that
-blocks (most torch code does) then never stalls the gRPC event loop: health checks are
-answered, and the next requests are received and parsed while the model computes.
+Continuous batching (Hugging Face TEI's design): when the scorer is free, the worker takes
+whatever is queued now and runs it at once; while the scorer is busy, new work piles up,
+so the next batch is bigger. Under load the batch size adapts to the arrival rate and no
+sample waits for a timer. ``max_wait_ms`` (default 0) optionally lets an idle scorer wait
+that long after the oldest queued sample arrived for the batch to fill (Triton's "max
+queue delay"); work that queued while the scorer was busy never waits for it.
+
+Where the scorer runs. A scorer whose ``score`` may block (a torch forward called directly
+in ``async def score``: ``Scorer.blocking`` is True or absent) runs on its own thread with
+its own event loop, one hand-off per batch, so it never stalls the gRPC event loop: health
+checks are answered and the next requests are received and parsed while the model
+computes. A scorer that declares ``blocking = False`` (it only awaits: it offloads heavy
+work with ``asyncio.to_thread``, an executor or a remote call, or it is trivially cheap)
+runs on the server's event loop and saves the two cross-thread wake-ups per batch.
 
 Backpressure: at most ``max_queue`` samples wait; ``submit`` refuses more with QueueFull
 (the server answers RESOURCE_EXHAUSTED and clients back off) instead of growing a queue
@@ -41,7 +48,7 @@ log = logging.getLogger(__name__)
 class BatchingConfig:
     max_batch_samples: int = 64
     max_batch_cost: int = 262_144  # in Scorer.cost units (UTF-8 bytes by default)
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0  # 0: continuous batching, an idle scorer never waits for a batch to fill
     max_queue: int = 4096  # samples waiting for a batch, across all callers
 
     def __post_init__(self) -> None:
@@ -75,6 +82,16 @@ class _Request:
     results: list[Result | None]
     taken: int = 0  # samples already handed to a batch
     missing: int = 0  # results not yet filled in
+
+
+# A slice [start, end) of one request's samples, taken into a batch.
+_Segment = tuple[_Request, int, int]
+
+
+def runs_on_event_loop(scorer: Scorer) -> bool:
+    """True if ``scorer`` declares that its ``score`` never blocks (``blocking = False``)."""
+    return getattr(scorer, "blocking", True) is False
+
 
 class _ScorerThread:
     """Runs ``scorer.score`` coroutines on a dedicated thread with its own event loop."""
@@ -146,9 +163,11 @@ class DynamicBatcher:
         self._queued_samples = 0  # samples in the queue not yet taken into a batch
         self._queued_cost = 0
         self._arrived = asyncio.Event()
+        self._fill: asyncio.Future[None] | None = None  # set while an idle scorer waits for a fuller batch
         self._closed = False
-        self._runner = _ScorerThread(scorer)
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+        self._runner = None if runs_on_event_loop(scorer) else _ScorerThread(scorer)
+        self._loop = asyncio.get_running_loop()
+        self._worker = self._loop.create_task(self._work(), name="batcher")
 
     @property
     def queue_depth(self) -> int:
@@ -166,13 +185,18 @@ class DynamicBatcher:
             )
         if not samples:
             return []
-        loop = asyncio.get_running_loop()
-        costs = [self._scorer.cost(s) for s in samples]
-        request = _Request(samples, costs, loop.create_future(), loop.time(), [None] * len(samples), missing=len(samples))
+        loop = self._loop
+        cost = self._scorer.cost
+        costs = [cost(s) for s in samples]
+        n = len(samples)
+        request = _Request(samples, costs, loop.create_future(), loop.time(), [None] * n, missing=n)
         self._queue.append(request)
-        self._queued_samples += len(samples)
+        self._queued_samples += n
         self._queued_cost += sum(costs)
-        self._arrived.set()
+        if not self._arrived.is_set():
+            self._arrived.set()
+        if self._fill is not None and self._batch_is_full():
+            self._wake_filler()
         # A cancelled caller (deadline, disconnect) cancels this future; the worker skips it.
         return await request.future
 
@@ -180,13 +204,16 @@ class DynamicBatcher:
         """Refuse new work, finish what is queued, stop the scorer thread."""
         self._closed = True
         self._arrived.set()
+        self._wake_filler()
         await self._worker
-        self._runner.stop()
+        if self._runner is not None:
+            self._runner.stop()
 
     # ------------------------------------------------------------------ worker side
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        max_wait = self._config.max_wait_ms / 1000
+        idle = True  # the queue was empty and the scorer free when the oldest queued work arrived
         while True:
             self._drop_cancelled()
             if not self._queue:
@@ -194,17 +221,31 @@ class DynamicBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
+                idle = True
                 continue
-            deadline = self._queue[0].enqueued_at + self._config.max_wait_ms / 1000
-            while not self._closed and not self._batch_is_full() and loop.time() < deadline:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
-                except TimeoutError:
-                    break
+            if idle and max_wait > 0 and not self._closed and not self._batch_is_full():
+                await self._wait_to_fill(self._queue[0].enqueued_at + max_wait)
+            idle = False  # what queues while this batch is scored is taken at once afterwards
             batch = self._take_batch()
             if batch:
                 await self._score(batch)
+
+    async def _wait_to_fill(self, deadline: float) -> None:
+        """An idle scorer waits until the batch is full, the batcher closes or ``deadline``."""
+        delay = deadline - self._loop.time()
+        if delay <= 0:
+            return
+        self._fill = self._loop.create_future()
+        timer = self._loop.call_later(delay, self._wake_filler)
+        try:
+            await self._fill
+        finally:
+            timer.cancel()
+            self._fill = None
+
+    def _wake_filler(self) -> None:
+        if self._fill is not None and not self._fill.done():
+            self._fill.set_result(None)
 
     def _drop_cancelled(self) -> None:
         while self._queue and self._queue[0].future.done():
@@ -218,34 +259,52 @@ class DynamicBatcher:
             or self._queued_cost >= self._config.max_batch_cost
         )
 
-    def _take_batch(self) -> list[tuple[_Request, int]]:
-        """The longest queue prefix within both budgets, as (request, sample index) pairs."""
-        batch: list[tuple[_Request, int]] = []
-        cost = 0
-        while self._queue and len(batch) < self._config.max_batch_samples:
+    def _take_batch(self) -> list[_Segment]:
+        """The longest queue prefix within both budgets, as slices of the queued requests."""
+        max_samples, max_cost = self._config.max_batch_samples, self._config.max_batch_cost
+        batch: list[_Segment] = []
+        count = cost = 0
+        while self._queue and count < max_samples:
             request = self._queue[0]
             if request.future.done():
                 self._drop_cancelled()
                 continue
-            i = request.taken
-            # A sample larger than the whole budget still runs, alone.
-            if batch and cost + request.costs[i] > self._config.max_batch_cost:
-                break
-            batch.append((request, i))
-            cost += request.costs[i]
-            request.taken += 1
-            self._queued_samples -= 1
-            self._queued_cost -= request.costs[i]
-            if request.taken == len(request.samples):
-                self._queue.popleft()
+            start = i = request.taken
+            end = min(len(request.samples), start + max_samples - count)
+            costs = request.costs
+            taken_cost = 0
+            while i < end:
+                c = costs[i]
+                # A sample larger than the whole budget still runs, alone.
+                if count and cost + c > max_cost:
+                    break
+                cost += c
+                taken_cost += c
+                count += 1
+                i += 1
+            if i > start:
+                batch.append((request, start, i))
+                request.taken = i
+                self._queued_samples -= i - start
+                self._queued_cost -= taken_cost
+            if i < len(request.samples):
+                break  # a budget is spent
+            self._queue.popleft()
         return batch
 
-    async def _score(self, batch: list[tuple[_Request, int]]) -> None:
-        samples = [request.samples[i] for request, i in batch]
-        loop = asyncio.get_running_loop()
+    async def _score(self, batch: list[_Segment]) -> None:
+        if len(batch) == 1 and batch[0][1] == 0 and batch[0][2] == len(batch[0][0].samples):
+            samples = batch[0][0].samples  # the usual case under load: one whole request
+        else:
+            samples = [s for request, start, end in batch for s in request.samples[start:end]]
+        loop = self._loop
         started = loop.time()
         try:
-            results = check_results(samples, await self._runner.score(samples), self._scorer.kind)
+            if self._runner is None:
+                scored = await self._scorer.score(samples)
+            else:
+                scored = await self._runner.score(samples)
+            results = check_results(samples, scored, self._scorer.kind)
         except Exception as exc:  # the server must survive any scorer failure
             log.exception("scorer %r failed on a batch of %d samples", self._scorer.model_name, len(samples))
             message = (
@@ -254,10 +313,19 @@ class DynamicBatcher:
             )
             results = [Result(id=s.id, error=SampleError("SCORER_FAILED", message)) for s in samples]
         elapsed = loop.time() - started
-        for (request, i), result in zip(batch, results, strict=True):
-            request.results[i] = result
-            request.missing -= 1
+        offset = 0
+        cost = 0
+        for request, start, end in batch:
+            n = end - start
+            if n == len(request.results):
+                request.results = results[offset : offset + n] if len(batch) > 1 else results
+            else:
+                request.results[start:end] = results[offset : offset + n]
+            offset += n
+            request.missing -= n
+            if self._on_batch is not None:
+                cost += sum(request.costs[start:end])
             if request.missing == 0 and not request.future.done():
                 request.future.set_result(request.results)  # type: ignore[arg-type]
         if self._on_batch is not None:
-            self._on_batch(len(batch), sum(request.costs[i] for request, i in batch), elapsed)
+            self._on_batch(len(samples), cost, elapsed)

@@ -179,6 +179,7 @@ class RewardClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.aio.secure_channel(self.target, channel_credentials(tls), options=options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+        self._score_rpc = self._stub.Score
         self._slots = asyncio.Semaphore(max_in_flight)
         self._info: ServiceInfo | None = None
 
@@ -199,13 +200,20 @@ class RewardClient:
         """One result per sample, same order. Splits to the server's limits, several requests in flight."""
         if not samples:
             return []
-        info = await self.get_info()
+        info = self._info or await self.get_info()
         max_bytes = min(info.max_request_bytes or self._max_message_bytes, self._max_message_bytes)
-        messages = [convert.sample_to_proto(s) for s in samples]
-        chunks = list(split_requests(messages, info.max_samples_per_request, max_bytes))
+        if len(samples) <= info.max_samples_per_request:
+            # The usual case: one request. Built in place and sized once, not per sample.
+            request = convert.score_request(samples)
+            if request.ByteSize() <= int(max_bytes * 0.95):
+                return await self._score_request(request)
+            chunks = list(split_requests(request.samples, info.max_samples_per_request, max_bytes))
+        else:
+            messages = [convert.sample_to_proto(s) for s in samples]
+            chunks = list(split_requests(messages, info.max_samples_per_request, max_bytes))
         if len(chunks) == 1:
-            return await self._score_chunk(chunks[0])
-        tasks = [asyncio.ensure_future(self._score_chunk(chunk)) for chunk in chunks]
+            return await self._score_request(pb.ScoreRequest(samples=chunks[0]))
+        tasks = [asyncio.ensure_future(self._score_request(pb.ScoreRequest(samples=chunk))) for chunk in chunks]
         try:
             parts = await asyncio.gather(*tasks)
         except BaseException:
@@ -214,23 +222,21 @@ class RewardClient:
             raise
         return [result for part in parts for result in part]
 
-    async def _score_chunk(self, chunk: list[pb.Sample]) -> list[Result]:
+    async def _score_request(self, request: pb.ScoreRequest) -> list[Result]:
         async with self._slots:
             try:
-                response = await self._stub.Score(
-                    pb.ScoreRequest(samples=chunk), timeout=self.timeout_s, metadata=self._metadata
-                )
+                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 raise self._error(exc, "Score") from None
         got = [r.id for r in response.results]
-        want = [s.id for s in chunk]
+        want = [s.id for s in request.samples]
         if got != want:
             raise RewardServiceError(
                 self.name, self.target, "PROTOCOL_ERROR",
                 f"Score returned ids {got[:5]}... for samples {want[:5]}... ({len(got)} vs {len(want)}); "
                 "the server broke the one-result-per-sample-in-order contract",
             )
-        return [convert.result_from_proto(r) for r in response.results]
+        return convert.results_from_proto(response)
 
     def _error(self, exc: grpc.aio.AioRpcError, method: str) -> RewardServiceError:
         code = exc.code().name

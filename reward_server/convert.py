@@ -13,6 +13,8 @@ Two kinds of problems, two answers (see reward.proto):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from reward_server.proto import reward_pb2 as pb
 from reward_server.types import (
     Result,
@@ -81,7 +83,8 @@ def _parse_spans(spans, response: bytes, where: str) -> list[Span]:
 
 def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Sample]:
     """Validate ``request`` and convert its samples; raises InvalidRequest on the first problem."""
-    n = len(request.samples)
+    msgs = request.samples
+    n = len(msgs)
     if n == 0:
         raise InvalidRequest("samples: the request has no samples; send at least one")
     if n > max_samples:
@@ -89,9 +92,31 @@ def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Samp
             f"samples: {n} samples exceed this server's limit of {max_samples} per request; split the batch "
             "(GetInfo.max_samples_per_request)"
         )
+    ids = [msg.id for msg in msgs]
+    if len(set(ids)) != n or "" in ids:
+        return _parse_in_order(msgs)  # names the first problem, in sample order
+    # The hot path (every sample of every request): read each field once, skip the empty ones.
+    samples: list[Sample] = []
+    append = samples.append
+    for i, msg in enumerate(msgs):
+        steps: list[Span] = []
+        if msg.steps:  # only then is the UTF-8 form needed
+            steps = _parse_spans(msg.steps, msg.response.encode("utf-8"), _where(i, ids[i]))
+        append(Sample(
+            ids[i],
+            msg.prompt,
+            msg.response,
+            msg.reference if msg.HasField("reference") else None,
+            steps,
+            dict(msg.metadata) if msg.metadata else {},
+        ))
+    return samples
+
+
+def _parse_in_order(msgs) -> list[Sample]:
     first_index: dict[str, int] = {}
     samples: list[Sample] = []
-    for i, msg in enumerate(request.samples):
+    for i, msg in enumerate(msgs):
         if not msg.id:
             raise InvalidRequest(f"samples[{i}].id: missing; every sample needs a unique non-empty id")
         if msg.id in first_index:
@@ -101,7 +126,7 @@ def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Samp
             )
         first_index[msg.id] = i
         steps: list[Span] = []
-        if msg.steps:  # only then is the UTF-8 form needed
+        if msg.steps:
             steps = _parse_spans(msg.steps, msg.response.encode("utf-8"), _where(i, msg.id))
         samples.append(
             Sample(
@@ -133,6 +158,10 @@ def oversized_samples(request: pb.ScoreRequest, max_sample_bytes: int) -> dict[i
 
 
 def sample_to_proto(sample: Sample) -> pb.Sample:
+    return pb.Sample(**_sample_fields(sample))
+
+
+def _sample_fields(sample: Sample) -> dict:
     # Only set fields are passed: the learner sends thousands of samples per step.
     fields: dict = {"id": sample.id, "prompt": sample.prompt, "response": sample.response}
     if sample.reference is not None:
@@ -141,27 +170,58 @@ def sample_to_proto(sample: Sample) -> pb.Sample:
         fields["steps"] = [pb.Span(start=s.start, end=s.end) for s in sample.steps]
     if sample.metadata:
         fields["metadata"] = sample.metadata
-    return pb.Sample(**fields)
+    return fields
+
+
+def score_request(samples: Sequence[Sample]) -> pb.ScoreRequest:
+    """One ScoreRequest holding ``samples``, each built in place (no per-sample message copy)."""
+    request = pb.ScoreRequest()
+    add = request.samples.add
+    for sample in samples:
+        if sample.reference is None and not sample.steps and not sample.metadata:
+            add(id=sample.id, prompt=sample.prompt, response=sample.response)
+        else:
+            add(**_sample_fields(sample))
+    return request
 
 
 # ----------------------------------------------------------------------------- results
 
 
 def result_to_proto(result: Result) -> pb.SampleResult:
+    return pb.SampleResult(**_result_fields(result))
+
+
+def _result_fields(result: Result) -> dict:
     fields: dict = {"id": result.id}
     if result.metrics:
         fields["metrics"] = result.metrics
     if result.error is not None:
         # The contract: error set => no scores, so a client cannot use half a result.
         fields["error"] = pb.SampleError(code=result.error.code, message=result.error.message)
-        return pb.SampleResult(**fields)
+        return fields
     if result.outcome is not None:
         fields["outcome"] = result.outcome
     if result.steps:
         fields["steps"] = [
             pb.StepScore(span=pb.Span(start=s.span.start, end=s.span.end), score=s.score) for s in result.steps
         ]
-    return pb.SampleResult(**fields)
+    return fields
+
+
+def score_response(results: Iterable[Result]) -> pb.ScoreResponse:
+    """One ScoreResponse holding ``results``, each built in place (no per-result message copy)."""
+    response = pb.ScoreResponse()
+    add = response.results.add
+    for result in results:
+        if result.error is None and not result.steps and not result.metrics:
+            if result.outcome is not None:
+                add(id=result.id, outcome=result.outcome)  # the usual outcome result
+            else:
+                add(id=result.id)
+        else:
+            add(**_result_fields(result))
+    return response
 
 
 def result_from_proto(msg: pb.SampleResult) -> Result:
@@ -172,6 +232,18 @@ def result_from_proto(msg: pb.SampleResult) -> Result:
         metrics=dict(msg.metrics) if msg.metrics else {},
         error=SampleError(msg.error.code, msg.error.message) if msg.HasField("error") else None,
     )
+
+
+def results_from_proto(response: pb.ScoreResponse) -> list[Result]:
+    """All results of a ScoreResponse; outcome-only results (the usual case) take a short path."""
+    results: list[Result] = []
+    append = results.append
+    for msg in response.results:
+        if msg.HasField("outcome") and not msg.steps and not msg.metrics and not msg.HasField("error"):
+            append(Result(msg.id, msg.outcome, [], {}, None))
+        else:
+            append(result_from_proto(msg))
+    return results
 
 
 # -------------------------------------------------------------------------------- info

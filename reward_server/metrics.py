@@ -38,6 +38,9 @@ class ServerMetrics:
         self.batch_seconds = prom.Histogram(
             "rpp_reward_batch_seconds", "Time spent in one scorer call.", buckets=_LATENCY_BUCKETS, registry=r
         )
+        # Children resolved once: ``labels()`` costs a lock and a dict lookup on every call.
+        self.score_ok = self.requests.labels("Score", "OK")
+        self.score_latency = self.latency.labels("Score")
         queue = prom.Gauge("rpp_reward_queue_depth", "Samples waiting for a scorer batch.", registry=r)
         queue.set_function(queue_depth)
         self._http: WSGIServer | None = None

@@ -47,7 +47,10 @@ class ServerConfig:
     port: int = 0  # 0: any free port (read it from ServerHandle.address or the ready file)
     max_batch_samples: int = 64  # samples per scorer call
     max_batch_tokens: int = 262_144  # Scorer.cost budget per scorer call
-    max_wait_ms: float = 2.0  # how long the oldest queued sample waits for a batch to fill
+    # Continuous batching: an idle scorer takes what is queued at once (0), or waits up to this
+    # long after the oldest queued sample arrived for the batch to fill. Work that queued while
+    # the scorer was busy never waits.
+    max_wait_ms: float = 0.0
     max_queue: int = 4096  # queued samples before RESOURCE_EXHAUSTED
     max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
     max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
@@ -135,8 +138,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             code = "CANCELLED"  # the client went away or its deadline passed
             raise
         finally:
-            self._metrics.requests.labels("Score", code).inc()
-            self._metrics.latency.labels("Score").observe(time.perf_counter() - started)
+            metrics = self._metrics
+            (metrics.score_ok if code == "OK" else metrics.requests.labels("Score", code)).inc()
+            metrics.score_latency.observe(time.perf_counter() - started)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
@@ -151,20 +155,20 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         self._metrics.samples.inc(len(samples))
         rejected = convert.oversized_samples(request, self._config.max_sample_bytes)
-        accepted = [s for i, s in enumerate(samples) if i not in rejected]
+        accepted = [s for i, s in enumerate(samples) if i not in rejected] if rejected else samples
         try:
-            scored = iter(await self._batcher.submit(accepted)) if accepted else iter(())
+            scored = await self._batcher.submit(accepted) if accepted else []
         except QueueFull as exc:
             raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server overloaded: {exc}") from None
         except BatcherClosed as exc:
             raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        results: list[Result] = []
-        for i, sample in enumerate(samples):
-            result = Result(id=sample.id, error=rejected[i]) if i in rejected else next(scored)
+        if rejected:
+            rest = iter(scored)
+            scored = [Result(id=s.id, error=rejected[i]) if i in rejected else next(rest) for i, s in enumerate(samples)]
+        for result in scored:
             if result.error is not None:
                 self._metrics.sample_errors.labels(result.error.code).inc()
-            results.append(result)
-        return pb.ScoreResponse(results=[convert.result_to_proto(r) for r in results])
+        return convert.score_response(scored)
 
 
 def _host_port(host: str, port: int) -> str:

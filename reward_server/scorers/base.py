@@ -17,6 +17,12 @@ class Scorer(abc.ABC):
     kind: RewardKind
     model_name: str = "unnamed"
     step_separator: str = "\n\n"
+    # Whether ``score`` may block the event loop it is awaited on (a torch forward run
+    # inline, a slow synchronous call). Blocking scorers get a thread of their own in the
+    # server's batcher (one hand-off per batch); scorers that only await (they offload
+    # heavy work to a thread or process pool themselves) run on the server's loop and
+    # skip that hand-off.
+    blocking: bool = True
 
     @abc.abstractmethod
     async def score(self, samples: list[Sample]) -> list[Result]:

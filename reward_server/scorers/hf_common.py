@@ -200,6 +200,7 @@ class HFScorer(Scorer):
     results (``forward_batch``). The whole loop runs in a worker thread so the server's
     event loop keeps serving while the model computes.
     """
+    blocking = False  # the forward runs in asyncio.to_thread
 
     def __init__(self, config: HFModelConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.config = config

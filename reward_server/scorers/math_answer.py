@@ -115,6 +115,7 @@ def _warm_up() -> None:
 
 class MathAnswerScorer(Scorer):
     """Outcome reward: does the response's final answer equal ``reference`` (math-verify)?"""
+    blocking = False  # checks run in a process pool
 
     kind = RewardKind.OUTCOME
 

@@ -83,6 +83,7 @@ def _as_score(value: Any) -> float | None:
 
 class UserFunctionScorer(Scorer):
     """Outcome or process reward computed by a user's Python function (sync or async)."""
+    blocking = False  # sync functions run in a thread; async ones must not block
 
     def __init__(self, spec: str, kind: RewardKind | str = RewardKind.OUTCOME, step_separator: str = "\n\n"):
         try:
