@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from rpp_learner.models import quiet_progress_bars
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -65,7 +67,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(tmp / "policy")
+        with quiet_progress_bars():  # no "Writing model shards" bar at every checkpoint
+            accelerator.unwrap_model(policy).save_pretrained(tmp / "policy")
         tokenizer.save_pretrained(tmp / "policy")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

@@ -3,11 +3,41 @@
 Rows are ``[prompt (left-padded) | response (right-padded)]``. Position ids come from the
 attention mask, exactly as ``generate`` computes them, so the log-probs of the sampling
 policy match what it sampled with (ratio = 1 before the first update).
+
+Only what the loss needs is computed: the LM head runs on the response positions only
+(``logits_to_keep``, when the model's forward takes it), and the log-prob of the chosen
+token is ``logit[y] - logsumexp(logits)`` rather than a full-vocabulary ``log_softmax``
+followed by a gather (same value, no [B, T, V] log-prob tensor).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_logits_to_keep(forward_type: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward_type.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under a DDP (``.module``) wrapper, whose forward signature is the model's."""
+    return getattr(model, "module", model)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[tokens], in fp32, without a [.., V] log-prob tensor."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
 
 
 def response_logprobs(
@@ -28,9 +58,14 @@ def response_logprobs(
     input_ids = torch.cat([prompt_ids, resp], dim=1)
     attention = torch.cat([prompt_mask, response_mask[:, :width]], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+    kwargs = {}
+    if _takes_logits_to_keep(type(_base_model(model))):
+        # The logits at the last prompt token and the response tokens but the last one
+        # predict the response; width + 1 positions from the end, the last one unused.
+        kwargs["logits_to_keep"] = width + 1
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **kwargs).logits
+    logits = logits[:, -(width + 1) : -1]
+    logp = token_logprobs(logits, resp, temperature)
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=logp.device)
     out[:, :width] = logp * response_mask[:, :width]
     return out

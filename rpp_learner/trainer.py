@@ -4,6 +4,11 @@
             -> ppo_epochs x shuffled mini-batches (grad accumulation, clip, AdamW, LR schedule)
             -> log, evaluate, checkpoint
 
+The reward calls are submitted before the log-prob forwards start and collected after
+they end, so network time hides behind compute. With one optimiser step per rollout and
+no KL in the reward, the old-policy forward is skipped: pi_old is the policy itself
+during the update (see ``rpp_learner.update``).
+
 Under ``accelerate launch`` every process generates and scores its own share of the
 prompts; whitening, token counts and metrics are all-reduced, so N processes compute what
 one process would on the whole batch.
@@ -11,64 +16,40 @@ one process would on the whole batch.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoTokenizer, get_scheduler
 
 from reward_server.client import RewardServiceUnavailable
-from reward_server.types import Sample
 from rpp_learner import checkpoint as ckpt
 from rpp_learner.algorithms.advantages import AdvantageInputs, compute_advantages
 from rpp_learner.algorithms.kl import kl_penalty
-from rpp_learner.algorithms.loss import global_sequence_count, global_token_count, policy_loss
 from rpp_learner.algorithms.rewards import RunningMeanStd
 from rpp_learner.algorithms.whiten import all_reduce_sum
 from rpp_learner.config import Config, ConfigError, save_config
-from rpp_learner.credit import decode_with_offsets
-from rpp_learner.data import PromptOrder, PromptRecord, encode_prompt, load_records, split_held_out
-from rpp_learner.forward import batched_logprobs, response_logprobs
+from rpp_learner.data import PromptOrder, encode_prompt, load_records, split_held_out
+from rpp_learner.forward import batched_logprobs
 from rpp_learner.metrics_log import MetricsLogger
+from rpp_learner.models import check_model_path, load_causal_lm
 from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.samples import Rollout, reward_samples, save_rollout, with_text
 from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
 from rpp_learner.step_stats import rollout_metrics
+from rpp_learner.update import is_on_policy, run_update
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped early on purpose (rewards unavailable or failing); a checkpoint was saved."""
 
     exit_code = 3
-
-
-@dataclass
-class Rollout:
-    """One process's share of a step: the samples, their rewards and everything derived."""
-
-    batch: RolloutBatch
-    records: list[PromptRecord]  # one per sample
-    group_index: torch.Tensor  # [B] global prompt index of each sample
-    texts: list[str]
-    token_end_bytes: list[list[int]]
-
-
-def check_model_path(path: str) -> None:
-    p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local and not (p / "config.json").is_file():
-        raise ConfigError(
-            f"model.path {path!r} is not a Hugging Face model directory (no config.json there); "
-            "point it at a directory saved with save_pretrained, or a hub id like org/name"
-        )
 
 
 class Trainer:
@@ -103,12 +84,12 @@ class Trainer:
         self.order = PromptOrder(len(self.train_records), cfg.seed, cfg.data.shuffle)
 
         policy_path = str(resume_from / "policy") if resume_from else cfg.model.path
-        policy = self._load_model(policy_path)
+        policy = load_causal_lm(policy_path, cfg.model)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.ref_model = None
         if cfg.algo.kl_coef != 0.0 or cfg.algo.kl_loss_coef != 0.0:
-            self.ref_model = self._load_model(cfg.model.path).to(self.acc.device).requires_grad_(False)
+            self.ref_model = load_causal_lm(cfg.model.path, cfg.model).to(self.acc.device).requires_grad_(False)
         optimizer = torch.optim.AdamW(
             policy.parameters(),
             lr=cfg.optim.lr,
@@ -128,6 +109,8 @@ class Trainer:
         # first update, and the log-probs must match the ones the sampler used.
         self.policy.eval()
         self.eos_ids = eos_token_ids(self.tokenizer, policy)
+        # pi_old == the policy during the update, and nothing needs it before: skip its forward.
+        self.skip_old_forward = is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
         self.engine = make_engine(cfg, self.acc.unwrap_model(self.policy), self.eos_ids, self.pad_id)
         self.reward_stats = RunningMeanStd()
 
@@ -186,24 +169,30 @@ class Trainer:
         rollout = self._rollout(step)
         t_rollout = time.perf_counter()
 
-        # The reward services work while this thread runs the log-prob forwards.
-        pending = self.scorer.submit(self._samples(rollout, step))
+        # Submitted before the forwards start, collected after they end: the reward
+        # services work while this thread runs the reference and old-policy forwards.
+        pending = self.scorer.submit(reward_samples(rollout, step, self.rank))
         b = rollout.batch
-        old_logp = self._logprobs(self.policy, b)
-        ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else old_logp
+        ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else None
+        old_logp = None if self.skip_old_forward else self._logprobs(self.policy, b)
         t_forward = time.perf_counter()
         scored = self._collect_scores(pending, rollout)
         t_rewards = time.perf_counter()
 
         mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
         adv = self._advantages(rollout, scored, mask, old_logp, ref_logp)
-        update = self._update(b, mask, old_logp, ref_logp, adv.advantages, step)
+        update = run_update(
+            self.cfg, self.acc, self.policy, self.optimizer, self.scheduler, b, mask,
+            old_logp, ref_logp, adv.advantages, self._seed(step),
+        )
+        self.engine.sync_weights(self.acc.unwrap_model(self.policy))
         t_end = time.perf_counter()
 
         if self.cfg.logging.save_rollouts:
-            self._save_rollout(step, rollout, scored, adv)
-        metrics = rollout_metrics(rollout.batch, scored, mask, old_logp, ref_logp)
-        metrics.update(update)
+            save_rollout(self.out_dir / "rollouts" / f"step_{step:06d}_rank{self.rank}.pt", rollout, scored, adv)
+        old_logp = update.logp if old_logp is None else old_logp  # on-policy: the update's own
+        metrics = rollout_metrics(b, scored, mask, old_logp, old_logp if ref_logp is None else ref_logp)
+        metrics.update(update.metrics)
         metrics.update({
             "time/step_s": t_end - t0,
             "time/rollout_s": t_rollout - t0,
@@ -232,31 +221,7 @@ class Trainer:
         batch = self.engine.generate([self.prompts[i] for i in indices], params, seed=self._seed(step) + first)
         records = [self.train_records[i] for i in indices for _ in range(cfg.samples_per_prompt)]
         groups = torch.arange(first, first + per_rank).repeat_interleave(cfg.samples_per_prompt)
-        return self._with_text(batch, records, groups)
-
-    def _with_text(self, batch: RolloutBatch, records: list[PromptRecord], groups: torch.Tensor) -> Rollout:
-        eos = set(self.eos_ids)
-        texts, ends = [], []
-        for ids, m in zip(batch.response_ids, batch.response_mask, strict=True):
-            tokens = ids[m.bool()].tolist()
-            if tokens and tokens[-1] in eos:
-                tokens = tokens[:-1]  # the EOS is not part of the text the services see
-            text, token_end_bytes = decode_with_offsets(self.tokenizer, tokens)
-            texts.append(text)
-            ends.append(list(token_end_bytes))
-        return Rollout(batch, records, groups, texts, ends)
-
-    def _samples(self, rollout: Rollout, step: int) -> list[Sample]:
-        return [
-            Sample(
-                id=f"s{step}-r{self.rank}-{i}",
-                prompt=rec.prompt,
-                response=text,
-                reference=rec.reference,
-                metadata={"prompt_row": str(rec.row)},
-            )
-            for i, (rec, text) in enumerate(zip(rollout.records, rollout.texts, strict=True))
-        ]
+        return with_text(batch, records, groups, self.tokenizer, self.eos_ids)
 
     def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         return batched_logprobs(
@@ -307,14 +272,19 @@ class Trainer:
         if algo.normalize_reward:
             self.reward_stats.update(outcome[scored.valid])
             outcome = self.reward_stats.normalize(outcome)
+        if old_logp is None or ref_logp is None:  # no KL term, or KL only in the loss
+            kl = torch.zeros(mask.shape)
+        else:
+            kl = kl_penalty(old_logp, ref_logp, algo.kl_estimator)
         inputs = AdvantageInputs(
             mask=mask,
-            kl=kl_penalty(old_logp, ref_logp, algo.kl_estimator),
+            kl=kl,
             outcome=outcome,
             step_token_index=scored.step_token_index,
             step_scores=scored.step_scores,
             group_index=rollout.group_index,
             truncated=rollout.batch.truncated,
+            valid=scored.valid,  # failed samples stay out of their group's mean
         )
         return compute_advantages(
             algo.estimator,
@@ -325,56 +295,6 @@ class Trainer:
             process_coef=1.0,  # scoring already applied each service's weight and f(s)
             reward_clip=(-algo.reward_clip, algo.reward_clip),
         )
-
-    def _update(self, b: RolloutBatch, mask, old_logp, ref_logp, advantages, step: int) -> dict[str, float]:
-        cfg, algo = self.cfg, self.cfg.algo
-        mini = cfg.optim.mini_batch_size // self.world
-        micro = cfg.optim.micro_batch_size
-        totals = torch.zeros(4, dtype=torch.float64)  # loss, clipped tokens, tokens, grad norm
-        n_updates = 0
-        for epoch in range(algo.ppo_epochs):
-            order = torch.randperm(len(b), generator=torch.Generator().manual_seed(self._seed(step) + epoch))
-            for start in range(0, len(b), mini):
-                rows = order[start : start + mini]
-                chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
-                num_tokens = global_token_count([mask[c] for c in chunks])
-                num_seqs = global_sequence_count([mask[c] for c in chunks])
-                for j, c in enumerate(chunks):
-                    # DDP syncs gradients on the last micro-batch only.
-                    sync = contextlib.nullcontext() if j == len(chunks) - 1 else self.acc.no_sync(self.policy)
-                    with sync:
-                        dev = self.acc.device
-                        logp = response_logprobs(
-                            self.policy, b.prompt_ids[c].to(dev), b.prompt_mask[c].to(dev),
-                            b.response_ids[c].to(dev), b.response_mask[c].to(dev), cfg.rollout.temperature,
-                        )
-                        loss, m = policy_loss(
-                            logp, old_logp[c].to(dev), advantages[c].to(dev), mask[c].to(dev),
-                            algo.clip_low, algo.clip_high, algo.dual_clip, num_tokens, algo.loss_aggregation,
-                            num_sequences=num_seqs, ref_logp=ref_logp[c].to(dev),
-                            kl_loss_coef=algo.kl_loss_coef, kl_loss_kind=algo.kl_loss_estimator,
-                        )
-                        # DDP averages gradients over processes; the loss is already divided
-                        # by the global count, so undo the average.
-                        self.acc.backward(loss * self.world)
-                    tokens = mask[c].sum().item()
-                    totals[0] += loss.item()
-                    totals[1] += m["clip_fraction"].item() * tokens
-                    totals[2] += tokens
-                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm)
-                totals[3] += float(grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                n_updates += 1
-        self.engine.sync_weights(self.acc.unwrap_model(self.policy))
-        totals[:3] = all_reduce_sum(totals[:3])
-        return {
-            "loss": totals[0].item() / n_updates,
-            "clip_frac": totals[1].item() / max(totals[2].item(), 1.0),
-            "grad_norm": totals[3].item() / n_updates,
-            "lr": self.scheduler.get_last_lr()[0],
-        }
 
     # ------------------------------------------------------------------ evaluation
 
@@ -391,8 +311,8 @@ class Trainer:
         if records:
             params = SamplingParams(n=1, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, greedy=True)
             batch = self.engine.generate([self._encode(r.prompt) for r in records], params, seed=0)
-            rollout = self._with_text(batch, records, torch.arange(len(records)))
-            results = self.scorer.submit(self._samples(rollout, -1), only=[service]).result()[service]
+            rollout = with_text(batch, records, torch.arange(len(records)), self.tokenizer, self.eos_ids)
+            results = self.scorer.submit(reward_samples(rollout, -1, self.rank), only=[service]).result()[service]
             for res in results:
                 if res.ok and res.outcome is not None:
                     scored += 1
@@ -419,26 +339,6 @@ class Trainer:
             keep_last=self.cfg.checkpoint.keep_last,
         )
 
-    def _save_rollout(self, step, rollout: Rollout, scored: ScoredBatch, adv) -> None:
-        folder = self.out_dir / "rollouts"
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "group_index": rollout.group_index,
-                "response_ids": rollout.batch.response_ids,
-                "mask": adv.mask,
-                "outcome": scored.outcome,
-                "step_token_index": scored.step_token_index,
-                "step_scores": scored.step_scores,
-                "valid": scored.valid,
-                "dense_rewards": adv.dense_rewards,
-                "advantages": adv.advantages,
-                "texts": rollout.texts,
-                "prompts": [r.prompt for r in rollout.records],
-            },
-            folder / f"step_{step:06d}_rank{self.rank}.pt",
-        )
-
     def _encode(self, text: str) -> list[int]:
         d = self.cfg.data
         return encode_prompt(
@@ -448,11 +348,6 @@ class Trainer:
 
     def _seed(self, step: int) -> int:
         return self.cfg.seed * 1_000_003 + step * 10_007
-
-    def _load_model(self, path: str):
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=_DTYPES[self.cfg.model.dtype], trust_remote_code=self.cfg.model.trust_remote_code
-        )
 
     def _check_sizes(self) -> None:
         cfg, w = self.cfg, self.world

@@ -12,6 +12,10 @@ With R = outcome_coef * clip(outcome) and the dense rewards of rewards.py:
                              = k / (k - 1) * (R - mean_group(R))
     dr_grpo                A = R - mean_group(R) (Dr. GRPO, arXiv 2503.20783: no std)
 
+Group statistics (mean, std, size) are over the group's *scored* samples only
+(``AdvantageInputs.valid``): a sample whose reward failed carries a placeholder outcome,
+and letting it into the mean would shift every other sample's advantage.
+
 whiten() is global over the valid tokens of all ranks (whiten.py). The group estimators
 reduce a response to one number, so they refuse dense terms: a nonzero kl_coef (put KL
 in the loss) or process rewards (use reinforce_pp). A group (``group_index``: the prompt
@@ -42,6 +46,7 @@ class AdvantageInputs:
     step_scores: torch.Tensor  # [B, S] raw step scores from the process service
     group_index: torch.Tensor  # [B] which prompt each sample came from
     truncated: torch.Tensor  # [B] bool: the response ended without EOS
+    valid: torch.Tensor | None = None  # [B] bool: the sample was scored (None = all were)
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,21 @@ def register_estimator(name: str, whiten_by_default: bool) -> Callable[[Estimato
     return add
 
 
-def group_mean_std(values: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each sample: mean, unbiased std and size of its group ([B] each)."""
-    _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
+def group_mean_std(
+    values: torch.Tensor, group_index: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each sample: mean, unbiased std and size of its group ([B] each), counting only
+    the ``valid`` members (default: all). A group with no valid member has mean 0, std 0."""
+    _, inverse = torch.unique(group_index, return_inverse=True)
+    n_groups = int(inverse.max().item()) + 1 if len(inverse) else 0
     x = values.double()
-    sums = torch.zeros(len(counts), dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
-    mean = (sums / counts)[inverse]
-    squares = torch.zeros_like(sums).index_add_(0, inverse, (x - mean) ** 2)
+    w = torch.ones_like(x) if valid is None else valid.to(device=x.device, dtype=x.dtype)
+    counts = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, inverse, w)
+    sums = torch.zeros_like(counts).index_add_(0, inverse, x * w)
+    mean = (sums / counts.clamp(min=1))[inverse]
+    squares = torch.zeros_like(counts).index_add_(0, inverse, w * (x - mean) ** 2)
     std = (squares / (counts - 1).clamp(min=1)).sqrt()[inverse]
-    return mean.to(values.dtype), std.to(values.dtype), counts[inverse]
+    return mean.to(values.dtype), std.to(values.dtype), counts.long()[inverse]
 
 
 def _assemble(inputs: AdvantageInputs, cfg: AdvantageConfig, baseline: torch.Tensor | None = None) -> DenseRewards:
@@ -126,7 +137,7 @@ def reinforce_pp(inputs: AdvantageInputs, cfg: AdvantageConfig):
 @register_estimator("reinforce_pp_baseline", whiten_by_default=True)
 def reinforce_pp_baseline(inputs: AdvantageInputs, cfg: AdvantageConfig):
     outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
-    baseline, _, _ = group_mean_std(outcome, inputs.group_index)
+    baseline, _, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
     return _whiten_returns(inputs, cfg, _assemble(inputs, cfg, baseline=baseline))
 
 
@@ -154,7 +165,7 @@ def _group_advantages(inputs: AdvantageInputs, cfg: AdvantageConfig, advantage: 
 def grpo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("grpo", inputs, cfg)
     outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
-    mean, std, _ = group_mean_std(outcome, inputs.group_index)
+    mean, std, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
     return _group_advantages(inputs, cfg, (outcome - mean) / (std + GROUP_STD_EPS), rewards)
 
 
@@ -162,17 +173,19 @@ def grpo(inputs: AdvantageInputs, cfg: AdvantageConfig):
 def rloo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("rloo", inputs, cfg)
     outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
-    mean, _, size = group_mean_std(outcome, inputs.group_index)
-    if bool((size < 2).any()):
+    if bool((group_mean_std(outcome, inputs.group_index)[2] < 2).any()):
         raise ValueError("rloo needs at least 2 samples per prompt (group_index) to leave one out")
-    return _group_advantages(inputs, cfg, (outcome - mean) * size / (size - 1), rewards)
+    mean, _, size = group_mean_std(outcome, inputs.group_index, inputs.valid)
+    # A scored sample whose group-mates all failed has no one to leave out: advantage 0.
+    loo = torch.where(size > 1, (outcome - mean) * size / (size - 1).clamp(min=1), torch.zeros_like(outcome))
+    return _group_advantages(inputs, cfg, loo, rewards)
 
 
 @register_estimator("dr_grpo", whiten_by_default=False)
 def dr_grpo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("dr_grpo", inputs, cfg)
     outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
-    mean, _, _ = group_mean_std(outcome, inputs.group_index)
+    mean, _, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
     return _group_advantages(inputs, cfg, outcome - mean, rewards)
 
 

@@ -21,6 +21,12 @@ def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> t
     return (eos_before == 0).long(), ~is_eos.any(dim=1)
 
 
+def _trim_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing all-padding columns (every sample ended before them)."""
+    width = max(int(mask.sum(dim=1).max().item()), 1)
+    return ids[:, :width].contiguous(), mask[:, :width].contiguous()
+
+
 class HFRolloutEngine(RolloutEngine):
     """Samples from the policy itself; no weight sync needed since it shares the module."""
 
@@ -32,14 +38,13 @@ class HFRolloutEngine(RolloutEngine):
         self.pad_id = pad_id
         self.batch_prompts = batch_prompts
 
-    @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         chunks = []
         for start in range(0, len(prompts), self.batch_prompts):
             # Seeding per chunk by the index of its first prompt makes the draws independent
             # of how prompts are spread over processes (same chunks, same seeds).
             chunks.append(self._generate_chunk(prompts[start : start + self.batch_prompts], params, seed + start))
-        return concat_batches(chunks, self.pad_id)
+        return chunks[0] if len(chunks) == 1 else concat_batches(chunks, self.pad_id)
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         device = self.model.device
@@ -57,17 +62,21 @@ class HFRolloutEngine(RolloutEngine):
         gen.num_return_sequences = 1 if params.greedy else params.n
         gen.eos_token_id = self.eos_ids
         gen.pad_token_id = self.pad_id
+        gen.use_cache = True  # explicit: a model config with use_cache=False would re-run the prefix
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # inference_mode: no autograd bookkeeping at all. Its output tensors cannot be saved
+        # for backward, so everything returned below is a fresh (ordinary) tensor.
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
             torch.manual_seed(seed)
             out = self.model.generate(
                 input_ids=prompt_ids.to(device),
                 attention_mask=prompt_mask.to(device),
                 generation_config=gen,
             )
-        response_ids = out[:, prompt_ids.shape[1] :].cpu()
+        response_ids = out[:, prompt_ids.shape[1] :].cpu().clone()
         response_mask, truncated = response_mask_until_eos(response_ids, self.eos_ids)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
+        response_ids, response_mask = _trim_padding(response_ids, response_mask)
         copies = params.n // gen.num_return_sequences  # greedy draws once, then copies
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(params.n, 0),

@@ -38,6 +38,14 @@ def fail_on_odd_reference(sample: Sample) -> float:
     return digit_share(sample)
 
 
+def fail_every_fourth_sample(sample: Sample) -> float:
+    """Outcome that raises for the last sample of every 4 (ids end in "-<index>"): with 4
+    samples per prompt, one member of each group fails and the other three are scored."""
+    if int(sample.id.rsplit("-", 1)[1]) % 4 == 3:
+        raise ValueError("every fourth sample is not scored")
+    return digit_share(sample)
+
+
 def outcome_scorer(name: str = "digit_share") -> UserFunctionScorer:
     return UserFunctionScorer(f"tests.helpers.learner_rewards:{name}", "outcome")
 

@@ -1,0 +1,77 @@
+"""A step's rollout as text: decoded responses with token byte offsets (for placing
+process rewards), the ``Sample`` messages sent to the reward services, and the optional
+per-step dump of everything derived from them (``logging.save_rollouts``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reward_server.types import Sample
+from rpp_learner.credit import decode_with_offsets
+from rpp_learner.data import PromptRecord
+from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.scoring import ScoredBatch
+
+
+@dataclass
+class Rollout:
+    """One process's share of a step: the samples, their rewards and everything derived."""
+
+    batch: RolloutBatch
+    records: list[PromptRecord]  # one per sample
+    group_index: torch.Tensor  # [B] global prompt index of each sample
+    texts: list[str]
+    token_end_bytes: list[list[int]]
+
+
+def with_text(
+    batch: RolloutBatch, records: list[PromptRecord], groups: torch.Tensor, tokenizer, eos_ids: list[int]
+) -> Rollout:
+    """Decode every response once (one pass per response, no encode round trip)."""
+    eos = set(eos_ids)
+    texts, ends = [], []
+    for ids, m in zip(batch.response_ids, batch.response_mask, strict=True):
+        tokens = ids[m.bool()].tolist()
+        if tokens and tokens[-1] in eos:
+            tokens = tokens[:-1]  # the EOS is not part of the text the services see
+        text, token_end_bytes = decode_with_offsets(tokenizer, tokens)
+        texts.append(text)
+        ends.append(list(token_end_bytes))
+    return Rollout(batch, records, groups, texts, ends)
+
+
+def reward_samples(rollout: Rollout, step: int, rank: int) -> list[Sample]:
+    return [
+        Sample(
+            id=f"s{step}-r{rank}-{i}",
+            prompt=rec.prompt,
+            response=text,
+            reference=rec.reference,
+            metadata={"prompt_row": str(rec.row)},
+        )
+        for i, (rec, text) in enumerate(zip(rollout.records, rollout.texts, strict=True))
+    ]
+
+
+def save_rollout(path: Path, rollout: Rollout, scored: ScoredBatch, adv) -> None:
+    """ids, rewards, advantages and texts of one step on one process, as a torch file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "group_index": rollout.group_index,
+            "response_ids": rollout.batch.response_ids,
+            "mask": adv.mask,
+            "outcome": scored.outcome,
+            "step_token_index": scored.step_token_index,
+            "step_scores": scored.step_scores,
+            "valid": scored.valid,
+            "dense_rewards": adv.dense_rewards,
+            "advantages": adv.advantages,
+            "texts": rollout.texts,
+            "prompts": [r.prompt for r in rollout.records],
+        },
+        path,
+    )

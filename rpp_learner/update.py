@@ -1,0 +1,113 @@
+"""The policy update: ``ppo_epochs`` passes of clipped policy-gradient steps over shuffled
+mini-batches, with gradient accumulation over micro-batches, gradient clipping, the
+optimiser and the learning-rate schedule.
+
+On-policy shortcut. When the rollout is used for exactly one optimiser step
+(``ppo_epochs == 1`` and one mini-batch per epoch), every micro-batch's forward runs on
+the weights that sampled the rollout, so the old-policy log-probs are exactly the current
+log-probs, detached. ``run_update`` then takes ``old_logp=None`` and uses
+``logp.detach()`` (what verl and OpenRLHF do, and TRL's GRPOTrainer), saving a whole
+forward pass over the rollout. It returns those log-probs so the step's metrics can still
+report the KL to the reference. The trainer only takes the shortcut when nothing needs
+pi_old before the update: with the KL in the reward (``kl_coef != 0``) the advantages
+need it, so the separate forward runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from rpp_learner.algorithms.loss import global_sequence_count, global_token_count, policy_loss
+from rpp_learner.algorithms.whiten import all_reduce_sum
+from rpp_learner.config import Config
+from rpp_learner.forward import response_logprobs
+from rpp_learner.rollout.base import RolloutBatch
+
+
+def is_on_policy(cfg: Config) -> bool:
+    """One optimiser step per rollout (mini-batch and rollout sizes are both global), so
+    pi_old is the policy during the whole update."""
+    rollout_batch = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    return cfg.algo.ppo_epochs == 1 and cfg.optim.mini_batch_size == rollout_batch
+
+
+@dataclass
+class UpdateResult:
+    metrics: dict[str, float]
+    logp: torch.Tensor | None  # [B, T] detached log-probs before any step (on-policy shortcut only)
+
+
+def run_update(
+    cfg: Config,
+    acc: Accelerator,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    b: RolloutBatch,
+    mask: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    seed: int,
+) -> UpdateResult:
+    """Run the epochs; ``old_logp=None`` selects the on-policy shortcut (see module doc)."""
+    algo, world, dev = cfg.algo, acc.num_processes, acc.device
+    mini = cfg.optim.mini_batch_size // world
+    micro = cfg.optim.micro_batch_size
+    on_policy = old_logp is None
+    if on_policy and (algo.ppo_epochs != 1 or mini < len(b)):
+        raise ValueError("old_logp=None is only exact with one optimiser step per rollout")
+    seen = torch.zeros(b.response_ids.shape, dtype=torch.float32) if on_policy else None
+    totals = torch.zeros(4, dtype=torch.float64)  # loss, clipped tokens, tokens, grad norm
+    n_updates = 0
+    for epoch in range(algo.ppo_epochs):
+        order = torch.randperm(len(b), generator=torch.Generator().manual_seed(seed + epoch))
+        for start in range(0, len(b), mini):
+            rows = order[start : start + mini]
+            chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
+            num_tokens = global_token_count([mask[c] for c in chunks])
+            num_seqs = global_sequence_count([mask[c] for c in chunks])
+            for j, c in enumerate(chunks):
+                # DDP syncs gradients on the last micro-batch only.
+                sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(policy)
+                with sync:
+                    logp = response_logprobs(
+                        policy, b.prompt_ids[c].to(dev), b.prompt_mask[c].to(dev),
+                        b.response_ids[c].to(dev), b.response_mask[c].to(dev), cfg.rollout.temperature,
+                    )
+                    if on_policy:
+                        seen[c] = logp.detach().cpu()
+                        old = logp.detach()
+                    else:
+                        old = old_logp[c].to(dev)
+                    loss, m = policy_loss(
+                        logp, old, advantages[c].to(dev), mask[c].to(dev),
+                        algo.clip_low, algo.clip_high, algo.dual_clip, num_tokens, algo.loss_aggregation,
+                        num_sequences=num_seqs, ref_logp=None if ref_logp is None else ref_logp[c].to(dev),
+                        kl_loss_coef=algo.kl_loss_coef, kl_loss_kind=algo.kl_loss_estimator,
+                    )
+                    # DDP averages gradients over processes; the loss is already divided
+                    # by the global count, so undo the average.
+                    acc.backward(loss * world)
+                tokens = mask[c].sum().item()
+                totals[0] += loss.item()
+                totals[1] += m["clip_fraction"].item() * tokens
+                totals[2] += tokens
+            grad_norm = acc.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
+            totals[3] += float(grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_updates += 1
+    totals[:3] = all_reduce_sum(totals[:3])
+    metrics = {
+        "loss": totals[0].item() / n_updates,
+        "clip_frac": totals[1].item() / max(totals[2].item(), 1.0),
+        "grad_norm": totals[3].item() / n_updates,
+        "lr": scheduler.get_last_lr()[0],
+    }
+    return UpdateResult(metrics, seen)
