@@ -1,6 +1,6 @@
 """Scorer-side throughput, measured side by side in one run (ratios hold on a noisy machine).
 
-    .venv/bin/python -m bench.scorers [--samples 64] [--repeats 3]
+    .venv/bin/python -m bench.bench_scorers [--samples 64] [--repeats 3]
 
 1. HF outcome scorer: length-sorted, right-padded micro-batches vs one forward per
    sample, same model, same 64 mixed-length samples.

@@ -1,0 +1,35 @@
+"""``rpp-bench NAME [ARGS]``: run one benchmark. Each prints figures measured side by side
+in one run and their ratios (absolute times drift on a shared machine; ratios hold).
+
+    rpp-bench algorithms   # reward assembly + credit + returns + whitening vs a forward+backward
+    rpp-bench serving      # served vs in-process scorer, dynamic batching, gRPC vs HTTP/JSON
+    rpp-bench scorers      # HF scorer micro-batching and tag-only logits
+    rpp-bench learner      # step time vs TRL GRPOTrainer; 200 ms reward latency vs 0 ms
+    rpp-bench learning     # quickstart task: ORM vs ORM+PRM (sum, min) vs GRPO, 3 seeds
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "algorithms": "bench.bench_algorithms",
+    "serving": "bench.bench_serving",
+    "scorers": "bench.bench_scorers",
+    "learner": "bench.bench_learner",
+    "learning": "bench.bench_learning",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(__doc__.strip())
+        sys.exit(2 if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help") else 0)
+    name = sys.argv.pop(1)
+    sys.argv[0] = f"rpp-bench {name}"
+    importlib.import_module(BENCHMARKS[name]).main()
+
+
+if __name__ == "__main__":
+    main()
