@@ -174,15 +174,21 @@ def train_and_evaluate(
         "accuracy_before": before,
         "accuracy_after": history[-1]["eval/accuracy"],
         "accuracy_curve": [(i + 1, h["eval/accuracy"]) for i, h in enumerate(history) if "eval/accuracy" in h],
-        "outcome_reward_first": history[0]["reward/outcome"],
+        "outcome_reward_first": _head_mean(history, "reward/outcome"),
         "outcome_reward_last": _tail_mean(history, "reward/outcome"),
-        "process_reward_first": history[0]["reward/process"],
+        "process_reward_first": _head_mean(history, "reward/process"),
         "process_reward_last": _tail_mean(history, "reward/process"),
         "kl_last": history[-1]["kl"],
         "time_rl_s": time.perf_counter() - started,
         "plot": summary["plot"],
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
+
+
+def _head_mean(history: list[dict[str, float]], key: str, window: int = 3) -> float:
+    """Mean over the first steps: one rollout batch is a noisy estimate."""
+    head = [h[key] for h in history[:window]]
+    return sum(head) / len(head)
 
 
 def _tail_mean(history: list[dict[str, float]], key: str, window: int = 5) -> float:
@@ -195,8 +201,8 @@ def format_table(f: dict[str, Any]) -> str:
     rows = [
         ("", "SFT start", f"after {f['steps']} RL steps"),
         ("held-out accuracy (greedy)", f"{f['accuracy_before']:.1%}", f"{f['accuracy_after']:.1%}"),
-        ("mean outcome reward (train)", f"{f['outcome_reward_first']:.3f}", f"{f['outcome_reward_last']:.3f}"),
-        ("mean process reward (train)", f"{f['process_reward_first']:.3f}", f"{f['process_reward_last']:.3f}"),
+        ("mean outcome reward (train, first/last steps)", f"{f['outcome_reward_first']:.3f}", f"{f['outcome_reward_last']:.3f}"),
+        ("mean process reward (train, first/last steps)", f"{f['process_reward_first']:.3f}", f"{f['process_reward_last']:.3f}"),
         ("KL to the SFT policy (per token)", "0", f"{f['kl_last']:.4f}"),
     ]
     width = max(len(r[0]) for r in rows)
