@@ -46,7 +46,7 @@ def make_batch() -> dict[str, torch.Tensor]:
 def compute(batch: dict[str, torch.Tensor], rows: slice, micro_batches: list[slice], group=None) -> dict:
     """Everything that must not depend on how the batch is split, computed on ``rows``."""
     part = {k: v[rows] for k, v in batch.items()}
-    inputs = AdvantageInputs(**{k: part[k] for k in AdvantageInputs.__dataclass_fields__})
+    inputs = AdvantageInputs(**{k: part[k] for k in AdvantageInputs.__dataclass_fields__ if k in part})
     adv = compute_advantages("reinforce_pp", inputs, kl_coef=0.05, process_coef=0.5, group=group)
     rms = RunningMeanStd()
     rms.update(part["outcome"], group)
