@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from rpp_learner.models import quiet_progress_bars
 
@@ -44,6 +45,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def refuse_sharded_training(accelerator: Accelerator) -> None:
+    """Checkpoints here hold full, unsharded weights and optimiser state, which is right for
+    one process and DDP. Under FSDP or DeepSpeed they would silently save one shard, so
+    refuse such runs up front instead of writing a checkpoint that cannot resume."""
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise RuntimeError(
+            f"rpp_learner supports single-process and DDP training; this run was launched with "
+            f"{kind.value}, whose sharded checkpoints are not implemented yet. Relaunch with "
+            "`accelerate launch --num_processes N` (DDP) without an FSDP/DeepSpeed config."
+        )
 
 
 def save_checkpoint(

@@ -56,6 +56,7 @@ class Trainer:
     def __init__(self, config: Config, accelerator: Accelerator | None = None):
         self.cfg = cfg = config
         self.acc = accelerator or Accelerator()
+        ckpt.refuse_sharded_training(self.acc)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self._check_sizes()
         set_seed(cfg.seed)
