@@ -65,6 +65,7 @@ def start_service(
     command = [
         sys.executable, "-m", "reward_server.cli", *server_args,
         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--ready-file", str(ready_file),
+        "--exit-with-parent",  # no orphaned services even if the quickstart is SIGKILLed
     ]
     with log_path.open("w") as log:
         process = subprocess.Popen(

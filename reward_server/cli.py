@@ -17,7 +17,10 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--grace-s", type=float, default=d.grace_s, help="drain grace period on SIGTERM")
     n.add_argument("--max-connection-age-s", type=float, default=d.max_connection_age_s)
     n.add_argument("--ready-file", type=Path, help="write {address, metrics_port, pid} JSON here once serving")
+    n.add_argument("--exit-with-parent", action="store_true",
+                   help="drain and exit when the process that started this server dies (for launchers)")
     n.add_argument("--log-level", default="INFO")
     return p
 
@@ -111,6 +116,22 @@ def write_ready_file(path: Path, server: RewardServer) -> None:
     os.replace(tmp, path)  # atomic: a watcher never reads half a file
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Send ourselves SIGTERM (a graceful drain) once our parent process is gone.
+
+    A launcher that is SIGKILLed cannot stop its children; without this its reward
+    servers would outlive it, holding ports and memory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("parent process %d is gone; draining", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.ready_file:
             write_ready_file(args.ready_file, server)
+        if args.exit_with_parent:
+            exit_with_parent()
 
     asyncio.run(serve(scorer, config, on_ready))
     sys.exit(0)

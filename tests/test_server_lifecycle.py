@@ -124,3 +124,48 @@ def test_cli_writes_the_ready_file_serves_and_drains_on_sigterm(tmp_path: Path) 
     assert proc.returncode == 0, output
     assert f"on {info['address']}" in output and "token auth on" in output
     assert "draining" in output
+
+
+def test_exit_with_parent_stops_a_server_whose_launcher_was_killed(tmp_path):
+    """A launcher killed with SIGKILL cannot stop its children: --exit-with-parent makes the
+    server notice its parent is gone and drain by itself instead of living on as an orphan."""
+    ready = tmp_path / "ready.json"
+    server_cmd = [
+        sys.executable, "-m", "reward_server.cli", "--scorer", "user", "--kind", "outcome",
+        "--function", "examples/custom_reward_service.py:brevity_reward",
+        "--port", "0", "--metrics-port", "-1", "--ready-file", str(ready), "--exit-with-parent",
+    ]
+    # The launcher: a Python process that starts the server, then waits forever.
+    launcher_code = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen({server_cmd!r}, start_new_session=True); time.sleep(600)"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.is_file():
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+        server_pid = json.loads(ready.read_text())["pid"]
+        with BlockingRewardClient(json.loads(ready.read_text())["address"], timeout_s=10) as client:
+            assert client.score([Sample(id="a", prompt="p", response="4", reference="4")])[0].ok
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while _alive(server_pid):
+            assert time.monotonic() < deadline, "the orphaned server kept running"
+            time.sleep(0.2)
+    finally:
+        launcher.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
