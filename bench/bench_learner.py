@@ -144,7 +144,7 @@ def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, 
             callbacks=[timer],
         )
         trainer.train()
-        ours.scorer.close()
+        ours.close()
     return rpp_times, timer.times
 
 
@@ -181,8 +181,8 @@ def compare_latency(work: Path) -> None:
         for _ in range(shape["steps"]):  # A B A B ...
             runs["fast"].append(timed_step(fast))
             runs["slow"].append(timed_step(slow))
-        fast.scorer.close()
-        slow.scorer.close()
+        fast.close()
+        slow.close()
 
     def med(run: str, key: str) -> float:
         return _median_after_warmup([m[key] for m in runs[run]])

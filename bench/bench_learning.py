@@ -1,6 +1,6 @@
 """Learning benchmark on the quickstart task: does dense PRM credit help, and which kind?
 
-    python -m bench.bench_learning                       # 4 variants x 3 seeds, 40 steps each
+    python -m bench.bench_learning                       # 4 variants x 3 seeds, 60 steps each (~20 min on 2 cores)
     python -m bench.bench_learning --seeds 0 --steps 10  # a quick look
 
 Variants, all from the same cached SFT start, same steps, batch and learning rate:
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", type=float, default=0.6, help="accuracy for the steps-to-target column")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--output-dir", type=Path, default=Path("runs/bench_learning"))
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the figures of runs an interrupted benchmark already finished in --output-dir")
     args = p.parse_args(argv)
 
     base = replace(d, steps=args.steps, eval_every=args.eval_every)
@@ -132,8 +134,16 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.variants:
             for seed in args.seeds:
                 cfg = replace(base, seed=seed, output_dir=args.output_dir / _slug(name) / f"seed{seed}", **VARIANTS[name])
-                print(f"\n=== {name}, seed {seed} ===", flush=True)
-                figures = train_and_evaluate(cfg, model_dir, addresses)
+                saved = cfg.output_dir / "figures.json"
+                if args.resume and saved.exists():
+                    figures = json.loads(saved.read_text())
+                    print(f"\n=== {name}, seed {seed}: reusing {saved} ===", flush=True)
+                else:
+                    print(f"\n=== {name}, seed {seed} ===", flush=True)
+                    figures = train_and_evaluate(cfg, model_dir, addresses)
+                    # Each finished run is kept on disk so an interrupted benchmark loses only the run in flight.
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.write_text(json.dumps(figures, indent=2, default=str))
                 runs.setdefault(name, []).append(figures)
                 print(f"=== {name}, seed {seed}: held-out accuracy {figures['accuracy_before']:.1%} -> "
                       f"{figures['accuracy_after']:.1%} ===", flush=True)

@@ -161,11 +161,11 @@ def train_and_evaluate(
         "train": write_prompts(cfg.output_dir / "data" / "train.jsonl", train),
         "heldout": write_prompts(cfg.output_dir / "data" / "heldout.jsonl", heldout),
     }
-    trainer = Trainer(config_from_dict(learner_config(cfg, model_dir, data, addresses)))
     started = time.perf_counter()
-    before = trainer.evaluate()["eval/accuracy"]
-    log(f"[eval] SFT start: held-out accuracy {before:.1%}")
-    summary = trainer.train()
+    with Trainer(config_from_dict(learner_config(cfg, model_dir, data, addresses))) as trainer:
+        before = trainer.evaluate()["eval/accuracy"]
+        log(f"[eval] SFT start: held-out accuracy {before:.1%}")
+        summary = trainer.train()
     history = summary["history"]
     return {
         "seed": cfg.seed,

@@ -51,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         except (RewardSetupError, FileNotFoundError, ValueError) as exc:
             print(f"rpp-train: setup error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        if args.eval_only:
-            print(json.dumps(trainer.evaluate()))
-            trainer.scorer.close()
-            return 0
-        try:
-            summary = trainer.train()
-        except TrainingStopped as exc:
-            print(f"rpp-train: stopped: {exc}", file=sys.stderr)
-            return TrainingStopped.exit_code
+        with trainer:
+            if args.eval_only:
+                print(json.dumps(trainer.evaluate()))
+                return 0
+            try:
+                summary = trainer.train()
+            except TrainingStopped as exc:
+                print(f"rpp-train: stopped: {exc}", file=sys.stderr)
+                return TrainingStopped.exit_code
     except ConfigError as exc:
         print(f"rpp-train: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -126,6 +126,19 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
 
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the reward channels and their I/O thread. Idempotent. ``train()`` leaves them
+        open so that ``evaluate()`` and further ``train()`` calls work after it."""
+        self.scorer.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ the loop
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -153,8 +166,6 @@ class Trainer:
             final = self.save()
         finally:
             plot = logger.close() if logger is not None else None
-            if self.step >= cfg.total_steps:
-                self.scorer.close()
         return {
             "steps": self.step,
             "first": history[0] if history else {},

@@ -25,10 +25,10 @@ def test_one_replica_killed_loses_no_sample(tmp_path, policy_dir):
     with reward_services(process=False, outcome_replicas=2) as services:
         cfg = build(run_config(tmp_path, policy_dir, services, total_steps=3, logging=QUIET))
         assert len(cfg.rewards.services[0].targets) == 2
-        trainer = Trainer(cfg)
-        trainer.train(stop_after=1)
-        services["outcome1"].stop(grace_s=0.1)  # one of the two replicas dies mid-run
-        summary = trainer.train()
+        with Trainer(cfg) as trainer:
+            trainer.train(stop_after=1)
+            services["outcome1"].stop(grace_s=0.1)  # one of the two replicas dies mid-run
+            summary = trainer.train()
     assert summary["steps"] == 3
     assert [m["reward/failed"] for m in summary["history"]] == [0.0, 0.0]
 
@@ -37,12 +37,12 @@ def test_one_replica_killed_loses_no_sample(tmp_path, policy_dir):
 def test_every_replica_killed_saves_checkpoint_and_stops(tmp_path, policy_dir):
     with reward_services(process=False, outcome_replicas=2) as services:
         cfg = build(run_config(tmp_path, policy_dir, services, total_steps=3, logging=QUIET))
-        trainer = Trainer(cfg)
-        trainer.train(stop_after=1)
-        for handle in services.values():
-            handle.stop(grace_s=0.1)
-        with pytest.raises(TrainingStopped) as info:
-            trainer.train()
+        with Trainer(cfg) as trainer:
+            trainer.train(stop_after=1)
+            for handle in services.values():
+                handle.stop(grace_s=0.1)
+            with pytest.raises(TrainingStopped) as info:
+                trainer.train()
     message = str(info.value)
     assert "'outcome'" in message and all(t.split(":")[-1] in message for t in cfg.rewards.services[0].targets)
     assert "--checkpoint.resume latest" in message
@@ -59,7 +59,8 @@ def test_per_sample_errors_are_masked_and_counted(tmp_path, policy_dir):
             tmp_path, policy_dir, services, logging={**QUIET, "save_rollouts": True},
             rewards={"max_failure_fraction": 0.75},
         ))
-        summary = Trainer(cfg).train()
+        with Trainer(cfg) as trainer:
+            summary = trainer.train()
     saved = torch.load(tmp_path / "run/rollouts/step_000001_rank0.pt", weights_only=False)
     odd = torch.tensor([PROMPTS.index(p) % 2 == 1 for p in saved["prompts"]])  # reference = index
     assert odd.any() and (~odd).any()
@@ -75,5 +76,6 @@ def test_too_many_failures_stop_the_run(tmp_path, policy_dir):
     with reward_services(outcome="fail_on_odd_reference", process=False) as services:
         cfg = build(run_config(tmp_path, policy_dir, services, logging=QUIET, rewards={"max_failure_fraction": 0.1}))
         with pytest.raises(TrainingStopped, match=r"more than rewards.max_failure_fraction=0.1.*odd references"):
-            Trainer(cfg).train()
+            with Trainer(cfg) as trainer:
+                trainer.train()
 

@@ -80,7 +80,8 @@ def test_trainer_baseline_excludes_failed_samples(tmp_path, policy_dir):
             rollout={"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 2},
             optim={"mini_batch_size": 8, "micro_batch_size": 4},
         ))
-        Trainer(cfg).train()
+        with Trainer(cfg) as trainer:
+            trainer.train()
     saved = torch.load(tmp_path / "run/rollouts/step_000001_rank0.pt", weights_only=False)
     valid, outcome = saved["valid"], saved["outcome"]
     assert valid.tolist() == [True, True, True, False] * 2

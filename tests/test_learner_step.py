@@ -74,7 +74,11 @@ def expected_dense_reward(tokenizer, response_ids, mask, truncated, text, prm_we
 
 def test_one_step_updates_weights_logs_metrics_and_places_prm_scores(tmp_path, policy_dir, services):
     cfg = build(run_config(tmp_path, policy_dir, services, logging={"save_rollouts": True}, eval={"every_steps": 1}))
-    summary = Trainer(cfg).train()
+    with Trainer(cfg) as trainer:
+        summary = trainer.train()
+        # The reward channels outlive train(): evaluating the trained policy still works.
+        assert trainer.evaluate()["eval/scored"] == 4
+    trainer.close()  # closing twice is harmless
 
     # The weights moved.
     before = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()

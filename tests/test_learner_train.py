@@ -39,7 +39,8 @@ def test_toy_reward_rises(tmp_path, policy_dir, estimator, algo):
             rollout={"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 4},
             optim={"lr": 5e-3, "mini_batch_size": 8, "micro_batch_size": 8},
         ))
-        rewards = [m["reward/outcome"] for m in Trainer(cfg).train()["history"]]
+        with Trainer(cfg) as trainer:
+            rewards = [m["reward/outcome"] for m in trainer.train()["history"]]
     start, end = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert end > start + 0.15 and end > 2 * start, f"{estimator}: reward {start:.3f} -> {end:.3f}: {rewards}"
 
@@ -61,15 +62,17 @@ def test_resume_continues_exactly(tmp_path, policy_dir):
     with reward_services() as services:
         straight = tmp_path / "straight"
         straight.mkdir()
-        Trainer(build(run_config(straight, policy_dir, services, **sections))).train()
+        with Trainer(build(run_config(straight, policy_dir, services, **sections))) as trainer:
+            trainer.train()
 
         split = tmp_path / "split"
         split.mkdir()
-        Trainer(build(run_config(split, policy_dir, services, **sections))).train(stop_after=2)
+        with Trainer(build(run_config(split, policy_dir, services, **sections))) as trainer:
+            trainer.train(stop_after=2)
         resumed = build(run_config(split, policy_dir, services, **sections, checkpoint={"resume": "latest"}))
-        trainer = Trainer(resumed)
-        assert trainer.step == 2
-        trainer.train()
+        with Trainer(resumed) as trainer:
+            assert trainer.step == 2
+            trainer.train()
 
     a = AutoModelForCausalLM.from_pretrained(straight / "run/checkpoints/step_000004/policy").state_dict()
     b = AutoModelForCausalLM.from_pretrained(split / "run/checkpoints/step_000004/policy").state_dict()
