@@ -101,6 +101,10 @@ class AlgoConfig:
     ppo_epochs: int = 1
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
     normalize_reward: bool = False  # outcome -> (R - running mean) / running std
+    # Responses cut at rollout.max_new_tokens (no EOS): replace their outcome by this
+    # score (e.g. -1 or 0; None keeps the service's score), and/or drop them from the update.
+    truncated_outcome: float | None = None
+    drop_truncated: bool = False
 
 
 @dataclass

@@ -193,6 +193,7 @@ class Trainer:
 
         mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
         adv = self._advantages(rollout, scored, mask, old_logp, ref_logp)
+        mask = adv.mask  # algo.drop_truncated may have dropped more rows
         update = run_update(
             self.cfg, self.acc, self.policy, self.optimizer, self.scheduler, b, mask,
             old_logp, ref_logp, adv.advantages, self._seed(step),
@@ -306,6 +307,8 @@ class Trainer:
             credit=algo.process_credit,
             process_coef=1.0,  # scoring already applied each service's weight and f(s)
             reward_clip=(-algo.reward_clip, algo.reward_clip),
+            truncated_outcome=algo.truncated_outcome,
+            drop_truncated=algo.drop_truncated,
         )
 
     # ------------------------------------------------------------------ evaluation

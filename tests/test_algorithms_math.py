@@ -223,6 +223,18 @@ def test_truncated_responses_penalised_or_dropped():
     assert out.metrics["reward/truncated_fraction"] == 0.5
 
 
+def test_dropping_a_truncated_response_drops_its_process_steps_too():
+    # Row 1 is truncated and carries a step at token 0 (score 0.5): dropped, it gets neither
+    # reward nor advantage; row 0's step (0.25 at token 0) + outcome 1 stay: G = [1.25, 1].
+    mask = T([[1, 1], [1, 1]])
+    inputs = _inputs(mask, torch.zeros(2, 2), T([1.0, 1.0]), T([[0], [0]]), T([[0.25], [0.5]]),
+                     truncated=T([False, True]))  # fmt: skip
+    out = compute_advantages("reinforce_pp", inputs, drop_truncated=True, whiten=False)
+    assert out.mask.tolist() == [[1, 1], [0, 0]]
+    close(out.returns, [[1.25, 1.0], [0.0, 0.0]])
+    close(out.dense_rewards, [[0.25, 1.0], [0.0, 0.0]])
+
+
 # ---------------------------------------------------------------- loss
 
 

@@ -199,9 +199,12 @@ def handle_truncated(
     outcome, mask = inputs.outcome, inputs.mask
     if truncated_outcome is not None:
         outcome = torch.where(truncated, torch.full_like(outcome, truncated_outcome), outcome)
+    steps = inputs.step_token_index
     if drop_truncated:
         mask = mask * (~truncated).unsqueeze(-1).to(mask.dtype)
-    return replace(inputs, outcome=outcome, mask=mask)
+        # A dropped row's steps go too: a reward token on a masked-out row is an error downstream.
+        steps = torch.where(truncated.unsqueeze(-1), torch.full_like(steps, -1), steps)
+    return replace(inputs, outcome=outcome, mask=mask, step_token_index=steps)
 
 
 def compute_advantages(
