@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,3 +140,38 @@ def write_test_pki(directory: Path) -> dict[str, str]:
     write("client_cert", client_cert.public_bytes(serialization.Encoding.PEM))
     write("client_key", key_pem(client_key))
     return files
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server_processes(
+    tmp_path: Path, n: int, server_args: list[str], env: dict[str, str] | None = None
+) -> tuple[list[subprocess.Popen], list[dict]]:
+    """``n`` ``rpp-reward-server`` processes on free loopback ports, each started with
+    ``server_args``; returns them and their ready files ({address, metrics_port, pid})
+    once every one serves. The caller stops them."""
+    procs, ready_files = [], []
+    for i in range(n):
+        ready = tmp_path / f"replica{i}.json"
+        ready_files.append(ready)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "reward_server.cli", *server_args, "--port", "0", "--metrics-port", "-1",
+             "--ready-file", str(ready), "--log-level", "WARNING"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        ))
+    deadline = time.monotonic() + 120
+    while not all(f.exists() for f in ready_files):
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, f"a replica exited at start-up: {dead[0].communicate()[1]}"
+        assert time.monotonic() < deadline, "replicas did not become ready in 120 s"
+        time.sleep(0.05)
+    return procs, [json.loads(f.read_text()) for f in ready_files]
+
+
+def stop_server_processes(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)

@@ -4,40 +4,22 @@ mid-stream (SIGKILL, then a SIGTERM drain) costs retries, not results."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from reward_server.client import RewardClient
 from reward_server.types import Sample
-from tests.serving_helpers import expected_outcome
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.serving_helpers import expected_outcome, start_server_processes
 
 
 def start_replicas(tmp_path: Path, n: int) -> tuple[list[subprocess.Popen], list[dict]]:
-    procs, ready_files = [], []
-    for i in range(n):
-        ready = tmp_path / f"replica{i}.json"
-        ready_files.append(ready)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "reward_server.cli", "--scorer", "tests.serving_helpers:LengthScorer",
-             "--option", "pid_metric=true", "--option", "delay_s=0.005", "--port", "0",
-             "--metrics-port", "-1", "--max-samples-per-request", "2", "--grace-s", "5", "--ready-file", str(ready), "--log-level", "WARNING"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        ))
-    deadline = time.monotonic() + 120
-    while not all(f.exists() for f in ready_files):
-        dead = [p for p in procs if p.poll() is not None]
-        assert not dead, f"a replica exited at start-up: {dead[0].communicate()[1]}"
-        assert time.monotonic() < deadline, "replicas did not become ready in 120 s"
-        time.sleep(0.05)
-    return procs, [json.loads(f.read_text()) for f in ready_files]
+    return start_server_processes(tmp_path, n, [
+        "--scorer", "tests.serving_helpers:LengthScorer", "--option", "pid_metric=true",
+        "--option", "delay_s=0.005", "--max-samples-per-request", "2", "--grace-s", "5",
+    ])
 
 
 @pytest.mark.slow

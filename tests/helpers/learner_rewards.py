@@ -6,8 +6,10 @@ The reward functions are served by real gRPC servers through
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +45,15 @@ def fail_every_fourth_sample(sample: Sample) -> float:
     samples per prompt, one member of each group fails and the other three are scored."""
     if int(sample.id.rsplit("-", 1)[1]) % 4 == 3:
         raise ValueError("every fourth sample is not scored")
+    return digit_share(sample)
+
+
+async def digit_share_marked_slow(sample: Sample) -> float:
+    """Outcome for replica processes that tests kill mid-request: leaves a marker file
+    ``<pid>-<sample id>`` in $RPP_TEST_MARK_DIR when the sample arrives, then takes 0.3 s."""
+    mark_dir = Path(os.environ["RPP_TEST_MARK_DIR"])
+    (mark_dir / f"{os.getpid()}-{sample.id}").touch()
+    await asyncio.sleep(0.3)
     return digit_share(sample)
 
 
