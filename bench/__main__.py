@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+
+# The benchmarks build their tiny models with the test suite's builders (tests/), which
+# are not part of the installed packages: run from a checkout, put its root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BENCHMARKS = {
     "algorithms": "bench.bench_algorithms",

@@ -10,6 +10,7 @@ cache is reset because cached KV blocks were computed with the old weights.
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 
@@ -21,6 +22,12 @@ from rpp_learner.rollout.base import (
     pad_left,
     pad_right,
 )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class VLLMRolloutEngine(RolloutEngine):
@@ -39,6 +46,10 @@ class VLLMRolloutEngine(RolloutEngine):
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
+        # ... and rendezvous through env:// even for one process, which plain `rpp-train`
+        # (no launcher) leaves unset.
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         self.llm = vllm.LLM(
             model=model.name_or_path,
             dtype=cfg.model.dtype,
