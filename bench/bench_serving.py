@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.bench_serving            # all three
     .venv/bin/python -m bench.bench_serving --quick    # fewer rounds
 
-1. A tiny HF reward model (Llama, built here from a config) served over gRPC vs the same
-   scorer called in-process, on the same batches of 64: throughput ratio (target >= 0.95).
+1. A tiny HF reward model (Llama, built here from a config) served over gRPC by its own
+   ``rpp-reward-server`` process vs the same scorer called in-process, on the same batches
+   of 64: throughput ratio (target >= 0.95).
 2. 64 concurrent single-sample callers vs one 64-sample call to the same server: dynamic
    batching should keep >= 0.8 of the batched throughput.
 3. A trivial scorer through gRPC vs an HTTP/JSON server (FastAPI + uvicorn, OpenRLHF's
@@ -35,7 +36,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from reward_server.client import RewardClient  # noqa: E402
-from reward_server.server import ServerConfig, start_in_thread  # noqa: E402
 from reward_server.types import Sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,41 +102,45 @@ async def bench_hf_model(repeats: int, rounds: int) -> None:
     from reward_server.scorers.hf_outcome import HFOutcomeConfig, HFOutcomeScorer
 
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = HFOutcomeScorer(HFOutcomeConfig(model=build_tiny_reward_model(Path(tmp)), device="cpu"))
-    batches = [make_samples(64, 300, tag=f"b{r}-") for r in range(rounds)]
-    config = ServerConfig(max_batch_samples=64, max_samples_per_request=64, metrics_port=None)
-    with start_in_thread(scorer, config) as server:
-        async with RewardClient(server.address, max_in_flight=2) as client:
+        model = build_tiny_reward_model(Path(tmp) / "model")
+        scorer = HFOutcomeScorer(HFOutcomeConfig(model=model, device="cpu"))
+        # The server runs as users run it: its own process (its own interpreter lock), the
+        # same scorer and model, started by the CLI.
+        proc, address = start_grpc_server(Path(tmp), [
+            "--scorer", "hf-outcome", "--model", model, "--max-batch-samples", "64", "--max-samples-per-request", "64",
+        ])
+        batches = [make_samples(64, 300, tag=f"b{r}-") for r in range(rounds)]
+        try:
+            async with RewardClient(address, max_in_flight=2) as client:
 
-            async def in_process() -> None:
-                for batch in batches:
-                    await scorer.score(batch)
+                async def in_process() -> None:
+                    for batch in batches:
+                        await scorer.score(batch)
 
-            async def served() -> None:
-                await client.score([s for batch in batches for s in batch])  # split to 64 by GetInfo
+                async def served() -> None:
+                    await client.score([s for batch in batches for s in batch])  # split to 64 by GetInfo
 
-            n = 64 * rounds
-            local, remote, ratio = await compare(n, in_process, served, repeats)
-            print_row("1. tiny HF reward model, batches of 64", "in-process scorer", local,
-                      "served over gRPC (loopback)", remote, ratio, ">= 0.95")
+                n = 64 * rounds
+                local, remote, ratio = await compare(n, in_process, served, repeats)
+                print_row("1. tiny HF reward model, batches of 64", "in-process scorer", local,
+                          "served over gRPC (loopback, own process)", remote, ratio, ">= 0.95")
 
-            single = batches[0]
+                single = batches[0]
 
-            async def one_call() -> None:
-                await client.score(single)
+                async def one_call() -> None:
+                    await client.score(single)
 
-            async def singles() -> None:
-                await asyncio.gather(*(client.score([s]) for s in single))
+                async with RewardClient(address, max_in_flight=64) as client_many:
 
-            client_many = RewardClient(server.address, max_in_flight=64)
+                    async def singles_many() -> None:
+                        await asyncio.gather(*(client_many.score([s]) for s in single))
 
-            async def singles_many() -> None:
-                await asyncio.gather(*(client_many.score([s]) for s in single))
-
-            batched, merged, ratio = await compare(64, one_call, singles_many, repeats * 2)
-            await client_many.close()
-            print_row("2. dynamic batching, same server", "one 64-sample call", batched,
-                      "64 concurrent single-sample callers", merged, ratio, ">= 0.8")
+                    batched, merged, ratio = await compare(64, one_call, singles_many, repeats * 2)
+                print_row("2. dynamic batching, same server", "one 64-sample call", batched,
+                          "64 concurrent single-sample callers", merged, ratio, ">= 0.8")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 # ------------------------------------------------------------------ 3: gRPC vs HTTP/JSON
@@ -148,10 +152,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_grpc_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_grpc_server(tmp: Path, scorer_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``rpp-reward-server`` in its own process (default: the trivial scorer); (process, address)."""
     ready = tmp / "grpc.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reward_server.cli", "--scorer", "bench.serving_fixtures:TrivialScorer",
+        [sys.executable, "-m", "reward_server.cli",
+         *(scorer_args or ["--scorer", "bench.serving_fixtures:TrivialScorer"]),
          "--port", "0", "--metrics-port", "-1", "--ready-file", str(ready), "--log-level", "WARNING"],
         cwd=ROOT,
     )
