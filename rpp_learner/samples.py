@@ -12,7 +12,7 @@ import torch
 from reward_server.types import Sample
 from rpp_learner.credit import decode_with_offsets
 from rpp_learner.data import PromptRecord
-from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.rollout.base import RolloutBatch, concat_batches
 from rpp_learner.scoring import ScoredBatch
 
 
@@ -43,10 +43,24 @@ def with_text(
     return Rollout(batch, records, groups, texts, ends)
 
 
-def reward_samples(rollout: Rollout, step: int, rank: int) -> list[Sample]:
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Join the chunks of one step's rollout, in order (see ``RolloutEngine.generate_chunks``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Rollout(
+        concat_batches([p.batch for p in parts], pad_id),
+        [r for p in parts for r in p.records],
+        torch.cat([p.group_index for p in parts]),
+        [t for p in parts for t in p.texts],
+        [e for p in parts for e in p.token_end_bytes],
+    )
+
+
+def reward_samples(rollout: Rollout, step: int, rank: int, first_index: int = 0) -> list[Sample]:
+    """The messages for the reward services; ids ``s<step>-r<rank>-<index in the step>``."""
     return [
         Sample(
-            id=f"s{step}-r{rank}-{i}",
+            id=f"s{step}-r{rank}-{first_index + i}",
             prompt=rec.prompt,
             response=text,
             reference=rec.reference,

@@ -4,8 +4,9 @@
             -> ppo_epochs x shuffled mini-batches (grad accumulation, clip, AdamW, LR schedule)
             -> log, evaluate, checkpoint
 
-The reward calls are submitted before the log-prob forwards start and collected after
-they end, so network time hides behind compute. With one optimiser step per rollout and
+The reward calls for each generated chunk are submitted as soon as it is decoded and
+collected after the log-prob forwards end, so network time hides behind the rest of
+generation and the forwards. With one optimiser step per rollout and
 no KL in the reward, the old-policy forward is skipped: pi_old is the policy itself
 during the update (see ``rpp_learner.update``).
 
@@ -17,6 +18,7 @@ one process would on the whole batch.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from rpp_learner.metrics_log import MetricsLogger
 from rpp_learner.models import check_model_path, load_causal_lm
 from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
-from rpp_learner.samples import Rollout, reward_samples, save_rollout, with_text
+from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
 from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
 from rpp_learner.step_stats import rollout_metrics
 from rpp_learner.update import is_on_policy, run_update
@@ -178,12 +180,11 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        rollout = self._rollout(step)
+        # Each generated chunk goes to the reward services at once; they are collected
+        # after the forwards end, so the services work while this thread generates the
+        # next chunks and runs the reference and old-policy forwards.
+        rollout, pending = self._rollout(step)
         t_rollout = time.perf_counter()
-
-        # Submitted before the forwards start, collected after they end: the reward
-        # services work while this thread runs the reference and old-policy forwards.
-        pending = self.scorer.submit(reward_samples(rollout, step, self.rank))
         b = rollout.batch
         ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else None
         old_logp = None if self.skip_old_forward else self._logprobs(self.policy, b)
@@ -217,7 +218,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ stages
 
-    def _rollout(self, step: int, *, greedy: bool = False) -> Rollout:
+    def _rollout(self, step: int) -> tuple[Rollout, list[Future]]:
+        """This process's share of the step's prompts, sampled, and the reward calls for
+        them, submitted chunk by chunk as generation goes."""
         cfg = self.cfg.rollout
         per_rank = cfg.prompts_per_step // self.world
         first = (step - 1) * cfg.prompts_per_step + self.rank * per_rank  # global position
@@ -228,13 +231,19 @@ class Trainer:
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,
-            greedy=greedy,
         )
+        n = cfg.samples_per_prompt
+        records = [self.train_records[i] for i in indices for _ in range(n)]
+        groups = torch.arange(first, first + per_rank).repeat_interleave(n)
+        parts, pending = [], []
         # Seed = f(step, global position): the same samples whatever the number of processes.
-        batch = self.engine.generate([self.prompts[i] for i in indices], params, seed=self._seed(step) + first)
-        records = [self.train_records[i] for i in indices for _ in range(cfg.samples_per_prompt)]
-        groups = torch.arange(first, first + per_rank).repeat_interleave(cfg.samples_per_prompt)
-        return with_text(batch, records, groups, self.tokenizer, self.eos_ids)
+        chunks = self.engine.generate_chunks([self.prompts[i] for i in indices], params, seed=self._seed(step) + first)
+        for start, chunk in chunks:
+            rows = slice(start * n, start * n + len(chunk))
+            part = with_text(chunk, records[rows], groups[rows], self.tokenizer, self.eos_ids)
+            pending.append(self.scorer.submit(reward_samples(part, step, self.rank, first_index=rows.start)))
+            parts.append(part)
+        return concat_rollouts(parts, self.pad_id), pending
 
     def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         return batched_logprobs(
@@ -248,11 +257,12 @@ class Trainer:
             device=self.acc.device,
         )
 
-    def _collect_scores(self, pending, rollout: Rollout) -> ScoredBatch:
+    def _collect_scores(self, pending: list[Future], rollout: Rollout) -> ScoredBatch:
         """Wait for the services; stop every process together if any could not reach one."""
         error: RewardServiceUnavailable | None = None
         try:
-            results = pending.result()
+            parts = [future.result() for future in pending]  # one per chunk, in order
+            results = {name: [r for part in parts for r in part[name]] for name in parts[0]}
         except RewardServiceUnavailable as exc:
             error, results = exc, None
         if all_reduce_sum(torch.tensor(float(error is not None))).item() > 0:

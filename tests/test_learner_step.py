@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from rpp_learner.config import RewardServiceConfig
 from rpp_learner.scoring import RewardScorer, assemble_scores
 from rpp_learner.trainer import Trainer
 from tests.helpers.learner_rewards import (
+    ARRIVALS,
     STEP_SEPARATOR,
     build,
     digit_share,
@@ -159,3 +161,29 @@ def test_known_sample_prm_scores_land_at_step_end_tokens(policy_dir, services):
     torch.testing.assert_close(out.dense_rewards[0], want, atol=1e-6, rtol=0)
     # The last step "✓" (3 bytes) ends at the last text token, not at the EOS.
     assert out.dense_rewards[0, -2] == pytest.approx(0.15) and out.dense_rewards[0, -1] == 0
+
+
+def test_each_generated_chunk_is_scored_while_the_next_ones_generate(tmp_path, policy_dir):
+    """Rewards for chunk 0 are requested as soon as it is decoded: the service has them
+    before the last chunk has finished generating. Nothing is timed, only ordered."""
+    ARRIVALS.clear()
+    with reward_services(outcome="digit_share_recording_arrival", process=False) as handles:
+        cfg = build(run_config(
+            tmp_path, policy_dir, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False},
+            rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 1},
+        ))
+        with Trainer(cfg) as trainer:
+            generated_at: list[float] = []
+            chunks = trainer.engine.generate_chunks
+
+            def timed_chunks(*args, **kwargs):
+                for item in chunks(*args, **kwargs):
+                    generated_at.append(time.monotonic())
+                    yield item
+
+            trainer.engine.generate_chunks = timed_chunks
+            metrics = trainer.train()["last"]
+    assert len(generated_at) == 4 and metrics["reward/failed"] == 0.0
+    assert sorted(ARRIVALS) == sorted(f"s1-r0-{i}" for i in range(8))  # global ids across chunks
+    assert max(ARRIVALS["s1-r0-0"], ARRIVALS["s1-r0-1"]) < generated_at[-1]
+

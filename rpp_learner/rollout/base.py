@@ -7,6 +7,7 @@ Both return the same ``RolloutBatch`` so the trainer never knows which one ran.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,15 @@ class RolloutEngine(abc.ABC):
     @abc.abstractmethod
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         """Sample ``params.n`` responses for each tokenised prompt; ``seed`` fixes the draws."""
+
+    def generate_chunks(
+        self, prompts: list[list[int]], params: SamplingParams, seed: int
+    ) -> Iterator[tuple[int, RolloutBatch]]:
+        """The draws of ``generate``, handed out chunk by chunk as each one finishes:
+        (index of the chunk's first prompt, its batch). The trainer sends a chunk to the
+        reward services while the next one is generated. An engine that generates all
+        prompts at once (vLLM) yields once."""
+        yield 0, self.generate(prompts, params, seed)
 
     def sync_weights(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
         """Push the policy's updated weights into the engine (no-op when it shares them)."""

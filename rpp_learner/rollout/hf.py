@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
@@ -39,12 +41,16 @@ class HFRolloutEngine(RolloutEngine):
         self.batch_prompts = batch_prompts
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
-        chunks = []
+        chunks = [batch for _, batch in self.generate_chunks(prompts, params, seed)]
+        return chunks[0] if len(chunks) == 1 else concat_batches(chunks, self.pad_id)
+
+    def generate_chunks(
+        self, prompts: list[list[int]], params: SamplingParams, seed: int
+    ) -> Iterator[tuple[int, RolloutBatch]]:
         for start in range(0, len(prompts), self.batch_prompts):
             # Seeding per chunk by the index of its first prompt makes the draws independent
             # of how prompts are spread over processes (same chunks, same seeds).
-            chunks.append(self._generate_chunk(prompts[start : start + self.batch_prompts], params, seed + start))
-        return chunks[0] if len(chunks) == 1 else concat_batches(chunks, self.pad_id)
+            yield start, self._generate_chunk(prompts[start : start + self.batch_prompts], params, seed + start)
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         device = self.model.device

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def fail_every_fourth_sample(sample: Sample) -> float:
     samples per prompt, one member of each group fails and the other three are scored."""
     if int(sample.id.rsplit("-", 1)[1]) % 4 == 3:
         raise ValueError("every fourth sample is not scored")
+    return digit_share(sample)
+
+
+ARRIVALS: dict[str, float] = {}  # sample id -> time.monotonic() when an in-thread server got it
+
+
+def digit_share_recording_arrival(sample: Sample) -> float:
+    """Outcome that notes when each sample reached the (in-thread) server."""
+    ARRIVALS.setdefault(sample.id, time.monotonic())
     return digit_share(sample)
 
 
