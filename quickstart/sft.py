@@ -31,7 +31,7 @@ DEFAULT_CACHE_ROOT = Path(os.environ.get("RPP_CACHE_DIR", Path.home() / ".cache"
 
 @dataclass(frozen=True)
 class SFTConfig:
-    examples: int = 32768  # demonstrations seen, one pass
+    examples: int = 49152  # demonstrations seen, one pass; 32768 leaves the model copying wrong digits
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 20

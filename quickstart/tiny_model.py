@@ -1,4 +1,4 @@
-"""The quickstart's policy: a few-hundred-thousand-parameter Qwen2 and a tokenizer for it.
+"""The quickstart's policy: a one-million-parameter Qwen2 and a tokenizer for it.
 
 Both are ordinary Hugging Face objects (``Qwen2ForCausalLM``, ``PreTrainedTokenizerFast``),
 saved with ``save_pretrained``, so the rollout engine, the reward services and checkpoints
