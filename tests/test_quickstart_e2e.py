@@ -39,6 +39,9 @@ def test_fast_quickstart_trains_against_real_grpc_services(tmp_path):
     first = figures["outcome_reward_first"] + figures["process_reward_first"]
     last = figures["outcome_reward_last"] + figures["process_reward_last"]
     assert last > first, figures
+    # ... and so does held-out greedy accuracy, by well over sampling noise on 64 problems
+    # (it climbs from about 30% to over 90% in 10 steps on this machine).
+    assert figures["accuracy_after"] >= figures["accuracy_before"] + 0.15, figures
 
     # The table was printed, the plot written, and no service process outlived the run.
     assert "held-out accuracy" in stdout and "Score calls" in stdout
