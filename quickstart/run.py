@@ -163,9 +163,8 @@ def train_and_evaluate(
     }
     started = time.perf_counter()
     with Trainer(config_from_dict(learner_config(cfg, model_dir, data, addresses))) as trainer:
-        before = trainer.evaluate()["eval/accuracy"]
-        log(f"[eval] SFT start: held-out accuracy {before:.1%}")
-        summary = trainer.train()
+        summary = trainer.train()  # evaluates the SFT start first (step 0 of the curves)
+    before = summary["start"]["eval/accuracy"]
     history = summary["history"]
     return {
         "seed": cfg.seed,

@@ -68,7 +68,8 @@ class MetricsLogger:
             shown.setdefault("eval/accuracy", self._last_acc)
         parts = [f"{label} {_fmt(shown[key])}" for key, label in KEY_NUMBERS if key in shown]
         self._bar.set_postfix_str(" | ".join(parts), refresh=False)
-        self._bar.update(1)
+        if step > 0:  # step 0 is the evaluation before training, not a step
+            self._bar.update(1)
         self._bar.write(f"step {step}: " + " | ".join(parts))
 
     def close(self) -> Path | None:

@@ -154,7 +154,12 @@ class Trainer:
             else None
         )
         history: list[dict[str, float]] = []
+        start: dict[str, float] = {}
         try:
+            if self.step == 0 and cfg.eval.every_steps and self.eval_records:
+                start = self.evaluate()  # where the curves start: the policy before any update
+                if logger is not None:
+                    logger.log(0, start)
             while self.step < last_step:
                 metrics = self.train_step(self.step + 1)
                 self.step += 1
@@ -170,6 +175,7 @@ class Trainer:
             plot = logger.close() if logger is not None else None
         return {
             "steps": self.step,
+            "start": start,  # evaluation before the first step (empty if resumed or no eval)
             "first": history[0] if history else {},
             "last": history[-1] if history else {},
             "history": history,

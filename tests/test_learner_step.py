@@ -90,11 +90,13 @@ def test_one_step_updates_weights_logs_metrics_and_places_prm_scores(tmp_path, p
 
     # Every metric is logged, finite, to JSONL and TensorBoard; the plot exists.
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1]
-    missing = [k for k in STEP_METRICS if k not in rows[0]]
+    # Step 0 is the evaluation of the starting policy, the first point of the curves.
+    assert [r["step"] for r in rows] == [0, 1]
+    assert set(rows[0]) == {"step", "eval/accuracy", "eval/scored"} and rows[0] == {"step": 0, **summary["start"]}
+    missing = [k for k in STEP_METRICS if k not in rows[1]]
     assert not missing, f"metrics not logged: {missing}"
-    assert all(math.isfinite(rows[0][k]) for k in STEP_METRICS)
-    assert rows[0]["reward/failed"] == 0 and rows[0]["eval/scored"] == 4
+    assert all(math.isfinite(rows[1][k]) for k in STEP_METRICS)
+    assert rows[1]["reward/failed"] == 0 and rows[1]["eval/scored"] == 4
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
