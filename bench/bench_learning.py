@@ -178,7 +178,8 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
-    model_dir = sft_checkpoint(QuickstartConfig().task, QuickstartConfig().sft, QuickstartConfig().cache_dir)
+    defaults = QuickstartConfig()
+    model_dir = sft_checkpoint(defaults.task, defaults.sft, defaults.cache_dir)
     if args.worker:
         name, seed, addresses = args.worker
         run_one(run_config(args, name, int(seed)), model_dir, json.loads(addresses))
