@@ -3,13 +3,17 @@
 Layout of ``<output_dir>/checkpoints/step_000010/``:
 
     policy/              the policy in Hugging Face format (from_pretrained loads it) + tokenizer
-    optimizer.pt         AdamW state
+    optimizer.pt         AdamW state, full (unsharded) and keyed by parameter name
     scheduler.pt         learning-rate schedule
     trainer_state.json   step, data position, running reward statistics
     rng_rank{r}.pt       python / torch (/ cuda) RNG states of every process
 
 A checkpoint is written under a temporary name and renamed when complete, so a crash
 while saving never leaves a half checkpoint that ``latest`` would pick.
+
+Model and optimiser state go through torch.distributed.checkpoint's full state dicts: with
+FSDP2 they are gathered from the shards, so a checkpoint is the same whether it was saved
+by one process, DDP or FSDP2, and any of them can resume from it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from rpp_learner.models import quiet_progress_bars
 
@@ -47,19 +56,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def refuse_sharded_training(accelerator: Accelerator) -> None:
-    """Checkpoints here hold full, unsharded weights and optimiser state, which is right for
-    one process and DDP. Under FSDP or DeepSpeed they would silently save one shard, so
-    refuse such runs up front instead of writing a checkpoint that cannot resume."""
-    kind = accelerator.distributed_type
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise RuntimeError(
-            f"rpp_learner supports single-process and DDP training; this run was launched with "
-            f"{kind.value}, whose sharded checkpoints are not implemented yet. Relaunch with "
-            "`accelerate launch --num_processes N` (DDP) without an FSDP/DeepSpeed config."
-        )
-
-
 def save_checkpoint(
     output_dir: str | Path,
     *,
@@ -80,11 +76,15 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    # Every process takes part (under FSDP2 these gather the shards); the main one gets it all.
+    full_on_main = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(policy, options=full_on_main)
+    optimizer_state = get_optimizer_state_dict(policy, optimizer, options=full_on_main)
     if accelerator.is_main_process:
         with quiet_progress_bars():  # no "Writing model shards" bar at every checkpoint
-            accelerator.unwrap_model(policy).save_pretrained(tmp / "policy")
+            accelerator.unwrap_model(policy).save_pretrained(tmp / "policy", state_dict=model_state)
         tokenizer.save_pretrained(tmp / "policy")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
@@ -116,12 +116,15 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, *, accelerator: Accelerator, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, accelerator: Accelerator, policy, optimizer, scheduler) -> dict[str, Any]:
     """Restore optimiser, scheduler and this process's RNG; return the trainer state.
 
-    The policy weights are loaded by the caller with ``from_pretrained(path / "policy")``.
+    The policy weights are loaded by the caller with ``from_pretrained(path / "policy")``,
+    before ``accelerator.prepare``. Every process reads the full optimiser state; under
+    FSDP2 each keeps its own shard of it.
     """
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(policy, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.is_file():  # absent when resuming with more processes than saved

@@ -42,6 +42,7 @@ from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
 from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
+from rpp_learner.sharding import full_parameters, is_sharded, refuse_unsupported_sharding
 from rpp_learner.step_stats import rollout_metrics
 from rpp_learner.update import is_on_policy, run_update
 
@@ -58,7 +59,7 @@ class Trainer:
     def __init__(self, config: Config, accelerator: Accelerator | None = None):
         self.cfg = cfg = config
         self.acc = accelerator or Accelerator()
-        ckpt.refuse_sharded_training(self.acc)
+        refuse_unsupported_sharding(self.acc)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self._check_sizes()
         set_seed(cfg.seed)
@@ -114,13 +115,21 @@ class Trainer:
         self.eos_ids = eos_token_ids(self.tokenizer, policy)
         # pi_old == the policy during the update, and nothing needs it before: skip its forward.
         self.skip_old_forward = is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
-        self.engine = make_engine(cfg, self.acc.unwrap_model(self.policy), self.eos_ids, self.pad_id)
+        rollout_model, own_copy = self.acc.unwrap_model(self.policy), False
+        if is_sharded(rollout_model) and cfg.rollout.engine == "hf":
+            # FSDP2: generating from the sharded policy would all-gather every layer at every
+            # token, in lockstep over processes (whose responses end at different lengths).
+            # Generate from a full copy instead, refreshed after each update like vLLM's.
+            rollout_model = load_causal_lm(policy_path, cfg.model).to(self.acc.device).eval().requires_grad_(False)
+            own_copy = True
+        self.engine = make_engine(cfg, rollout_model, self.eos_ids, self.pad_id, owns_weights=own_copy)
         self.reward_stats = RunningMeanStd()
 
         self.step = 0
         if resume_from is not None:
             state = ckpt.load_checkpoint(
-                resume_from, accelerator=self.acc, optimizer=self.optimizer, scheduler=self.scheduler
+                resume_from, accelerator=self.acc, policy=self.policy, optimizer=self.optimizer,
+                scheduler=self.scheduler,
             )
             self.step = state["step"]
             self.reward_stats.load_state_dict(state["reward_stats"])
@@ -205,7 +214,8 @@ class Trainer:
             self.cfg, self.acc, self.policy, self.optimizer, self.scheduler, b, mask,
             old_logp, ref_logp, adv.advantages, self._seed(step),
         )
-        self.engine.sync_weights(self.acc.unwrap_model(self.policy))
+        if self.engine.owns_weights:  # its own copy (vLLM, or HF under FSDP2): push the update
+            self.engine.load_weights(full_parameters(self.policy))
         t_end = time.perf_counter()
 
         if self.cfg.logging.save_rollouts:

@@ -26,6 +26,7 @@ from rpp_learner.algorithms.whiten import all_reduce_sum
 from rpp_learner.config import Config
 from rpp_learner.forward import response_logprobs
 from rpp_learner.rollout.base import RolloutBatch
+from rpp_learner.sharding import as_float
 
 
 def is_on_policy(cfg: Config) -> bool:
@@ -98,7 +99,7 @@ def run_update(
                 totals[1] += m["clip_fraction"].item() * tokens
                 totals[2] += tokens
             grad_norm = acc.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-            totals[3] += float(grad_norm)
+            totals[3] += as_float(grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from tests.helpers.learner_rewards import reward_services, run_config
+from tests.helpers.saved_rollouts import joined, load_rollouts
 from tests.helpers.tiny_models import build_tiny_policy
 
 
@@ -34,17 +35,10 @@ def _launch(tmp_path, name: str, cfg: dict, processes: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rollouts = [torch.load(p, weights_only=False) for p in sorted((run_dir / "rollouts").glob("step_000001_rank*.pt"))]
+    rollouts = load_rollouts(run_dir, 1)
     assert len(rollouts) == processes
     metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     return {"rollouts": rollouts, "metrics": metrics, "policy": run_dir / "checkpoints/step_000001/policy"}
-
-
-def _joined(rollouts: list[dict], key: str) -> torch.Tensor:
-    """Concatenate per-rank tensors in global sample order, padding the token dimension."""
-    parts = [r[key] for r in rollouts]
-    width = max(p.shape[-1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts])
 
 
 @pytest.mark.slow
@@ -62,11 +56,11 @@ def test_two_processes_equal_one(tmp_path):
         two = _launch(tmp_path, "two", cfg, processes=2)
 
     a, b = one["rollouts"], two["rollouts"]
-    assert torch.equal(_joined(a, "group_index"), _joined(b, "group_index"))
-    assert torch.equal(_joined(a, "response_ids"), _joined(b, "response_ids"))  # same samples
-    torch.testing.assert_close(_joined(a, "dense_rewards"), _joined(b, "dense_rewards"), atol=1e-5, rtol=0)
-    torch.testing.assert_close(_joined(a, "advantages"), _joined(b, "advantages"), atol=1e-5, rtol=0)
-    assert _joined(b, "advantages").abs().sum() > 0
+    assert torch.equal(joined(a, "group_index"), joined(b, "group_index"))
+    assert torch.equal(joined(a, "response_ids"), joined(b, "response_ids"))  # same samples
+    torch.testing.assert_close(joined(a, "dense_rewards"), joined(b, "dense_rewards"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(joined(a, "advantages"), joined(b, "advantages"), atol=1e-5, rtol=0)
+    assert joined(b, "advantages").abs().sum() > 0
     for key in ("loss", "reward/total", "kl", "response_length", "clip_frac"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-5), key
     wa = AutoModelForCausalLM.from_pretrained(one["policy"]).state_dict()

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rpp_learner.data import PromptOrder, encode_prompt
 from rpp_learner.rollout import SamplingParams, eos_token_ids
 from rpp_learner.rollout.hf import HFRolloutEngine, response_mask_until_eos
+from rpp_learner.sharding import full_parameters
 from tests.helpers.tiny_models import build_tiny_policy
 
 
@@ -62,7 +63,7 @@ def test_chat_template_and_prompt_order(policy):
 
 
 def test_vllm_engine_pushes_weights(policy, tmp_path):
-    """GPU path: vLLM samples, and after sync_weights it samples from the updated policy."""
+    """GPU path: vLLM samples, and after load_weights it samples from the updated policy."""
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
@@ -83,7 +84,7 @@ def test_vllm_engine_pushes_weights(policy, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # a large update
-    engine.sync_weights(model)
+    engine.load_weights(full_parameters(model))
     after = engine.generate(prompts, greedy, seed=0).response_ids
     hf = HFRolloutEngine(model, engine.eos_ids, tok.pad_token_id).generate(prompts, greedy, seed=0).response_ids
     assert not torch.equal(before, after)

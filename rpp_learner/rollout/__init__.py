@@ -23,11 +23,15 @@ def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
     return sorted(ids)
 
 
-def make_engine(cfg: Config, model: torch.nn.Module, eos_ids: list[int], pad_id: int) -> RolloutEngine:
+def make_engine(
+    cfg: Config, model: torch.nn.Module, eos_ids: list[int], pad_id: int, owns_weights: bool = False
+) -> RolloutEngine:
+    """``owns_weights``: ``model`` is the HF engine's own copy of the policy (not the policy
+    module itself), so the trainer pushes each update into it."""
     if cfg.rollout.engine == "hf":
         from rpp_learner.rollout.hf import HFRolloutEngine
 
-        return HFRolloutEngine(model, eos_ids, pad_id, cfg.rollout.generation_batch_prompts)
+        return HFRolloutEngine(model, eos_ids, pad_id, cfg.rollout.generation_batch_prompts, owns_weights=owns_weights)
     from rpp_learner.rollout.vllm_engine import VLLMRolloutEngine  # GPU only; imported lazily
 
     return VLLMRolloutEngine(cfg, model, eos_ids, pad_id)

@@ -56,8 +56,13 @@ class RolloutEngine(abc.ABC):
         prompts at once (vLLM) yields once."""
         yield 0, self.generate(prompts, params, seed)
 
-    def sync_weights(self, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
-        """Push the policy's updated weights into the engine (no-op when it shares them)."""
+    #: True when the engine generates from its own copy of the weights, which the trainer
+    #: then refreshes with ``load_weights`` after every update; False when it shares the
+    #: policy module and sees each update as it happens.
+    owns_weights: bool = False
+
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:  # noqa: B027 - optional hook
+        """Copy the policy's updated (name, full tensor) pairs into the engine's own weights."""
 
 
 def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

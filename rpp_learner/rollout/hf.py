@@ -30,15 +30,27 @@ def _trim_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class HFRolloutEngine(RolloutEngine):
-    """Samples from the policy itself; no weight sync needed since it shares the module."""
+    """Samples with ``model.generate``. Usually ``model`` is the policy module itself, so
+    updates need no sync; under FSDP2 it is a full copy (``owns_weights``) that the trainer
+    refreshes with ``load_weights``."""
 
-    def __init__(self, model: PreTrainedModel, eos_ids: list[int], pad_id: int, batch_prompts: int = 16):
+    def __init__(
+        self, model: PreTrainedModel, eos_ids: list[int], pad_id: int, batch_prompts: int = 16,
+        owns_weights: bool = False,
+    ):
         if not eos_ids:
             raise ValueError("the tokenizer/model has no EOS token: set one so responses can end")
         self.model = model
+        self.owns_weights = owns_weights
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.batch_prompts = batch_prompts
+
+    @torch.no_grad()
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        own = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
+        for name, tensor in weights:
+            own[name].copy_(tensor)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         chunks = [batch for _, batch in self.generate_chunks(prompts, params, seed)]

@@ -31,6 +31,8 @@ def _free_port() -> int:
 
 
 class VLLMRolloutEngine(RolloutEngine):
+    owns_weights = True
+
     def __init__(self, cfg: Config, model: torch.nn.Module, eos_ids: list[int], pad_id: int):
         try:
             import vllm
@@ -82,8 +84,8 @@ class VLLMRolloutEngine(RolloutEngine):
         return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, truncated)
 
     @torch.no_grad()
-    def sync_weights(self, model: torch.nn.Module) -> None:
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        for name, param in model.named_parameters():
-            target.load_weights([(name, param.data)])
+        for name, tensor in weights:  # one at a time: no second full copy in GPU memory
+            target.load_weights([(name, tensor)])
         self.llm.reset_prefix_cache()

@@ -1,0 +1,64 @@
+"""What changes when accelerate shards the policy (FSDP2), and what is refused.
+
+Under ``accelerate launch --use_fsdp --fsdp_version 2`` every process holds a shard of
+each parameter (a DTensor). Three places need the full weights and gather them here:
+
+- checkpoints (``rpp_learner.checkpoint``): full model and optimiser state dicts, so a
+  checkpoint loads with ``from_pretrained`` and resumes with any number of processes;
+- rollouts: the rollout engine generates from its own full copy (see ``Trainer``),
+  refreshed from ``full_parameters`` after every update, as vLLM's copy is;
+- the grad-norm metric, which FSDP2 returns as a DTensor.
+
+torch.distributed.checkpoint's state-dict functions handle plain, DDP and FSDP2 models
+alike, so the code paths are the same with and without sharding.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
+
+
+def refuse_unsupported_sharding(accelerator: Accelerator) -> None:
+    """FSDP1 and DeepSpeed would train, but checkpoints and rollouts need full weights in
+    ways this learner only implements for FSDP2; refuse them up front with what to use."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise RuntimeError(
+            "rpp_learner does not support DeepSpeed: its engine owns the optimiser and checkpoint "
+            "state. Shard with FSDP2 instead (`accelerate launch --use_fsdp --fsdp_version 2 ...`) or use DDP."
+        )
+    if kind == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise RuntimeError(
+            "rpp_learner supports FSDP2 only; this run uses FSDP1. Set `fsdp_version: 2` in the "
+            "accelerate config or pass `--fsdp_version 2` to accelerate launch."
+        )
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter, on every process, on the model's device.
+
+    Sharded: gathers (a collective, so every process must call it at the same point).
+    Unsharded: the parameters themselves, detached, without copies. Names are the Hugging
+    Face names (no DDP ``module.`` prefix), what ``load_weights``/``from_pretrained`` expect.
+    """
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    names = [name for name, _ in inner.named_parameters()]
+    if not is_sharded(inner):
+        return [(name, p.detach()) for name, p in inner.named_parameters()]
+    state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True))
+    return [(name, state[name]) for name in names]
+
+
+def as_float(value: torch.Tensor | float) -> float:
+    """A scalar metric as a float; FSDP2 returns some (e.g. the grad norm) as a DTensor."""
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    return float(value)
