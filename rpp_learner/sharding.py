@@ -3,6 +3,9 @@
 Under ``accelerate launch --use_fsdp --fsdp_version 2`` every process holds a shard of
 each parameter (a DTensor). Three places need the full weights and gather them here:
 
+The frozen reference model is sharded the same way (``shard_frozen``), so it costs 1/N of
+its size per process.
+
 - checkpoints (``rpp_learner.checkpoint``): full model and optimiser state dicts, so a
   checkpoint loads with ``from_pretrained`` and resumes with any number of processes;
 - rollouts: the rollout engine generates from its own full copy (see ``Trainer``),
@@ -40,6 +43,21 @@ def refuse_unsupported_sharding(accelerator: Accelerator) -> None:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard a frozen model over all processes with FSDP2: one unit per decoder layer (the
+    model's ``_no_split_modules``) and one for the rest, as accelerate shards the policy.
+    Its forwards become collectives, so every process must run the same number of them;
+    the trainer's equal per-process shares of the batch guarantee that."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module)
+    fully_shard(model)
+    return model
 
 
 def full_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -42,7 +42,12 @@ from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
 from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
-from rpp_learner.sharding import full_parameters, is_sharded, refuse_unsupported_sharding
+from rpp_learner.sharding import (
+    full_parameters,
+    is_sharded,
+    refuse_unsupported_sharding,
+    shard_frozen,
+)
 from rpp_learner.step_stats import rollout_metrics
 from rpp_learner.update import is_on_policy, run_update
 
@@ -116,6 +121,8 @@ class Trainer:
         # pi_old == the policy during the update, and nothing needs it before: skip its forward.
         self.skip_old_forward = is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
         rollout_model, own_copy = self.acc.unwrap_model(self.policy), False
+        if self.ref_model is not None and is_sharded(rollout_model):
+            shard_frozen(self.ref_model)  # FSDP2: the reference is sharded like the policy
         if is_sharded(rollout_model) and cfg.rollout.engine == "hf":
             # FSDP2: generating from the sharded policy would all-gather every layer at every
             # token, in lockstep over processes (whose responses end at different lengths).

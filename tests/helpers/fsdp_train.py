@@ -44,6 +44,7 @@ def main(config_path: str, stop_after: int | None) -> None:
     with Trainer(load_config(config_path, []), accelerator=fsdp2_accelerator()) as trainer:
         assert is_sharded(trainer.acc.unwrap_model(trainer.policy)), "the policy was not sharded"
         assert trainer.engine.owns_weights
+        assert is_sharded(trainer.ref_model), "the reference model was not sharded"
         trainer.train(stop_after=stop_after)
 
 
