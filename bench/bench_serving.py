@@ -9,8 +9,11 @@
 2. 64 concurrent single-sample callers vs one 64-sample call to the same server: dynamic
    batching should keep >= 0.8 of the batched throughput.
 3. A trivial scorer through gRPC vs an HTTP/JSON server (FastAPI + uvicorn, OpenRLHF's
-   design; aiohttp client) doing the same, both in their own processes: batches of 64 samples with ~1 KB
-   responses, and single samples from 64 concurrent callers (target >= 2x).
+   design) doing the same, both in their own processes: batches of 64 samples with ~1 KB
+   responses, and single samples from 64 concurrent callers (target >= 2x). Two HTTP
+   clients: aiohttp (the fastest async client we have, pooled connections) and OpenRLHF's
+   own (``requests.post`` per call from worker threads, a new connection each time, as its
+   ``request_api_wrapper`` does).
 
 The two sides of each line run interleaved (A B, B A, A B, ...) after one warm-up each, and
 each figure is the median over the repeats; the ratio is the median of the per-repeat
@@ -31,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -187,6 +191,17 @@ def start_http_server() -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
 
 
+def openrlhf_post(url: str, samples: list[Sample]) -> list[float]:
+    """OpenRLHF's client: one blocking ``requests.post`` per call, no session (so a new
+    connection each time), as in its ``remote_rm_fn``'s ``request_api_wrapper``."""
+    import requests
+
+    payload = {"samples": [{"id": s.id, "prompt": s.prompt, "response": s.response} for s in samples]}
+    reply = requests.post(url, json=payload, headers={"Content-Type": "application/json"}, timeout=180)
+    reply.raise_for_status()
+    return [r["outcome"] for r in reply.json()["results"]]
+
+
 async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
     # aiohttp, not httpx, on the HTTP side: httpx's AsyncClient measured ~10x slower per
     # request here, which would flatter gRPC. The baseline gets the fastest client we have.
@@ -210,7 +225,8 @@ async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
 
                 batches = [make_samples(64, 1000, tag=f"b{r}-") for r in range(rounds)]
                 singles = make_samples(64 * max(1, rounds // 4), 1000, tag="s")
-                assert await http_score(batches[0]) == await grpc_score(batches[0])  # same work on both sides
+                expected = await grpc_score(batches[0])  # same work on every side
+                assert await http_score(batches[0]) == expected == openrlhf_post(url, batches[0])
                 for label, work, n in (
                     ("3a. trivial scorer, batches of 64 x ~1 KB (4 callers)", batches, 64 * rounds),
                     ("3b. trivial scorer, single samples (64 callers)", singles, len(singles)),
@@ -227,6 +243,14 @@ async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
 
                     http_rate, grpc_rate, ratio = await compare(n, runner(http_score), runner(grpc_score), repeats)
                     print_row(label, "HTTP/JSON (FastAPI + uvicorn, aiohttp)", http_rate,
+                              "gRPC (rpp server + RewardClient)", grpc_rate, ratio, ">= 2")
+                    with ThreadPoolExecutor(callers) as pool:
+
+                        async def openrlhf_score(samples: list[Sample], pool=pool) -> list[float]:
+                            return await asyncio.get_running_loop().run_in_executor(pool, openrlhf_post, url, samples)
+
+                        http_rate, grpc_rate, ratio = await compare(n, runner(openrlhf_score), runner(grpc_score), repeats)
+                    print_row(label + ", OpenRLHF's client", "HTTP/JSON (same server, requests.post)", http_rate,
                               "gRPC (rpp server + RewardClient)", grpc_rate, ratio, ">= 2")
         finally:
             for proc in (grpc_proc, http_proc):
