@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.checkpoint.resume = args.resume
         # Imported here so config errors show before torch/transformers load.
         from rpp_learner.scoring import RewardSetupError
+        from rpp_learner.sharding import describe_parallelism
         from rpp_learner.trainer import Trainer, TrainingStopped
 
         try:
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rpp-train: setup error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         with trainer:
+            if trainer.acc.is_main_process:
+                print(f"rpp-train: {describe_parallelism(trainer.acc)}", flush=True)
             if args.eval_only:
                 print(json.dumps(trainer.evaluate()))
                 return 0

@@ -41,6 +41,18 @@ def refuse_unsupported_sharding(accelerator: Accelerator) -> None:
         )
 
 
+def describe_parallelism(accelerator: Accelerator) -> str:
+    """One line for the start of a run: how many processes, and how the policy is held."""
+    n = accelerator.num_processes
+    if accelerator.distributed_type == DistributedType.FSDP:
+        how = "FSDP2: policy, optimiser state and reference sharded"
+    elif n > 1:
+        how = "DDP: a full copy of the model on each"
+    else:
+        how = "one process"
+    return f"{n} process{'es' if n > 1 else ''} on {accelerator.device.type} ({how})"
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 

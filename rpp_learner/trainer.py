@@ -12,7 +12,8 @@ during the update (see ``rpp_learner.update``).
 
 Under ``accelerate launch`` every process generates and scores its own share of the
 prompts; whitening, token counts and metrics are all-reduced, so N processes compute what
-one process would on the whole batch.
+one process would on the whole batch. Under FSDP2 the policy and the reference are sharded
+and rollouts come from a full copy of the policy (see ``rpp_learner.sharding``).
 """
 
 from __future__ import annotations

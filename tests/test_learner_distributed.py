@@ -35,6 +35,9 @@ def _launch(tmp_path, name: str, cfg: dict, processes: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"rpp-train: {processes} process" in proc.stdout, proc.stdout[-2000:]
+    if processes > 1:
+        assert "(DDP: a full copy of the model on each)" in proc.stdout
     rollouts = load_rollouts(run_dir, 1)
     assert len(rollouts) == processes
     metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])

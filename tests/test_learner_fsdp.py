@@ -86,3 +86,41 @@ def test_fsdp2_run_matches_one_process_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(start[n], wb[n]) for n in wb)
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate enables FSDP on GPUs only")
+def test_fsdp2_through_accelerate_launch_on_gpus(tmp_path):
+    """GPU path: the shipped accelerate config, launched as users launch it, trains, saves a
+    full checkpoint from the shards and resumes from it."""
+    policy_dir = build_tiny_policy(tmp_path / "policy")
+    gpus = torch.cuda.device_count()
+    with reward_services() as services:
+        cfg = run_config(
+            tmp_path, policy_dir, services,
+            rollout={"prompts_per_step": 2 * gpus, "samples_per_prompt": 2, "max_new_tokens": 8},
+            optim={"lr": 1e-3, "mini_batch_size": 4 * gpus, "micro_batch_size": 2},
+            logging={"progress_bar": False, "tensorboard": False, "plot": False},
+            total_steps=2,
+        )
+        config_path = tmp_path / "run.yaml"
+        config_path.write_text(yaml.safe_dump(cfg))
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", "deploy/accelerate/fsdp2.yaml",
+            "--num_processes", str(gpus), "--mixed_precision", "no",
+            "-m", "rpp_learner", "--config", str(config_path),
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        for extra in ([], ["--resume"]):
+            if extra:
+                cfg["total_steps"] = 3
+                config_path.write_text(yaml.safe_dump(cfg))
+            proc = subprocess.run(cmd + extra, capture_output=True, text=True, env=env, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            assert f"{gpus} process" in proc.stdout and "(FSDP2: policy" in proc.stdout, proc.stdout[-2000:]
+    run_dir = tmp_path / "run"
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-3:] == [1, 2, 3]
+    trained = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/step_000003/policy").state_dict()
+    start = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    assert any(not torch.equal(start[n], trained[n]) for n in trained)

@@ -12,7 +12,13 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from transformers import AutoModelForCausalLM
 
-from rpp_learner.sharding import as_float, full_parameters, is_sharded, refuse_unsupported_sharding
+from rpp_learner.sharding import (
+    as_float,
+    describe_parallelism,
+    full_parameters,
+    is_sharded,
+    refuse_unsupported_sharding,
+)
 from tests.helpers.tiny_models import build_tiny_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +46,12 @@ def test_unsharded_and_ddp_runs_are_accepted(kind):
 
 def test_fsdp2_is_accepted():
     refuse_unsupported_sharding(_launched_with(DistributedType.FSDP, fsdp2=True))
+
+
+def test_the_start_of_a_run_says_how_the_model_is_held():
+    from accelerate import Accelerator
+
+    assert describe_parallelism(Accelerator(cpu=True)) == "1 process on cpu (one process)"
 
 
 def test_full_parameters_of_an_unsharded_model_are_its_own_tensors(tmp_path):
