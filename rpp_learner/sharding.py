@@ -1,10 +1,7 @@
 """What changes when accelerate shards the policy (FSDP2), and what is refused.
 
 Under ``accelerate launch --use_fsdp --fsdp_version 2`` every process holds a shard of
-each parameter (a DTensor). Three places need the full weights and gather them here:
-
-The frozen reference model is sharded the same way (``shard_frozen``), so it costs 1/N of
-its size per process.
+each parameter (a DTensor). Three places need the full weights and gather them:
 
 - checkpoints (``rpp_learner.checkpoint``): full model and optimiser state dicts, so a
   checkpoint loads with ``from_pretrained`` and resumes with any number of processes;
@@ -12,16 +9,20 @@ its size per process.
   refreshed from ``full_parameters`` after every update, as vLLM's copy is;
 - the grad-norm metric, which FSDP2 returns as a DTensor.
 
+The frozen reference model is sharded the same way (``shard_frozen``), so it costs 1/N of
+its size per process.
+
 torch.distributed.checkpoint's state-dict functions handle plain, DDP and FSDP2 models
 alike, so the code paths are the same with and without sharding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 
@@ -72,19 +73,19 @@ def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def full_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, on every process, on the model's device.
 
-    Sharded: gathers (a collective, so every process must call it at the same point).
-    Unsharded: the parameters themselves, detached, without copies. Names are the Hugging
-    Face names (no DDP ``module.`` prefix), what ``load_weights``/``from_pretrained`` expect.
+    Sharded: each parameter is all-gathered as it is reached, so the peak extra memory is
+    one full parameter, not a full copy of the model. These are collectives: every process
+    must consume the whole iterator, in the same order. Unsharded: the parameters
+    themselves, detached, without copies. Names are the Hugging Face names (no DDP
+    ``module.`` prefix), what ``load_weights`` and ``from_pretrained`` expect.
     """
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    names = [name for name, _ in inner.named_parameters()]
-    if not is_sharded(inner):
-        return [(name, p.detach()) for name, p in inner.named_parameters()]
-    state = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True))
-    return [(name, state[name]) for name in names]
+    for name, param in inner.named_parameters():
+        tensor = param.detach()
+        yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def as_float(value: torch.Tensor | float) -> float:

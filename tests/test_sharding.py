@@ -57,7 +57,7 @@ def test_the_start_of_a_run_says_how_the_model_is_held():
 def test_full_parameters_of_an_unsharded_model_are_its_own_tensors(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(build_tiny_policy(tmp_path / "p"))
     assert not is_sharded(model)
-    pairs = full_parameters(model)
+    pairs = list(full_parameters(model))
     own = dict(model.named_parameters())
     assert [name for name, _ in pairs] == list(own)  # HF names, tied weights once
     for name, tensor in pairs:

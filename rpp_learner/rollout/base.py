@@ -7,7 +7,7 @@ Both return the same ``RolloutBatch`` so the trainer never knows which one ran.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +61,7 @@ class RolloutEngine(abc.ABC):
     #: policy module and sees each update as it happens.
     owns_weights: bool = False
 
-    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:  # noqa: B027 - optional hook
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:  # noqa: B027 - optional hook
         """Copy the policy's updated (name, full tensor) pairs into the engine's own weights."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -47,7 +47,7 @@ class HFRolloutEngine(RolloutEngine):
         self.batch_prompts = batch_prompts
 
     @torch.no_grad()
-    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         own = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
         for name, tensor in weights:
             own[name].copy_(tensor)

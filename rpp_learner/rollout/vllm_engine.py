@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 
 import torch
 
@@ -84,7 +85,7 @@ class VLLMRolloutEngine(RolloutEngine):
         return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, truncated)
 
     @torch.no_grad()
-    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         for name, tensor in weights:  # one at a time: no second full copy in GPU memory
             target.load_weights([(name, tensor)])
