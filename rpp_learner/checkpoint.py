@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from rpp_learner.models import quiet_progress_bars
+from rpp_learner.sharding import hf_parameter_name
 
 STATE_FILE = "trainer_state.json"
 
@@ -81,8 +82,9 @@ def save_checkpoint(
     model_state = get_model_state_dict(policy, options=full_on_main)
     optimizer_state = get_optimizer_state_dict(policy, optimizer, options=full_on_main)
     if accelerator.is_main_process:
+        model = accelerator.unwrap_model(policy)
         with quiet_progress_bars():  # no "Writing model shards" bar at every checkpoint
-            accelerator.unwrap_model(policy).save_pretrained(tmp / "policy", state_dict=model_state)
+            model.save_pretrained(tmp / "policy", state_dict=_without_tied_copies(model, model_state))
         tokenizer.save_pretrained(tmp / "policy")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -94,6 +96,15 @@ def save_checkpoint(
         _prune(root, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def _without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the second name of each tied parameter (e.g. ``lm_head.weight`` tied to the
+    embeddings). Gathered from shards, the two are separate tensors, which transformers
+    would save twice since it spots ties by shared storage; from_pretrained re-ties them."""
+    every = {hf_parameter_name(n) for n, _ in model.named_parameters(remove_duplicate=False)}
+    tied = every - {hf_parameter_name(n) for n, _ in model.named_parameters()}
+    return {name: tensor for name, tensor in state.items() if name not in tied}
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -123,7 +134,8 @@ def load_checkpoint(path: Path, *, accelerator: Accelerator, policy, optimizer, 
     before ``accelerator.prepare``. Every process reads the full optimiser state; under
     FSDP2 each keeps its own shard of it.
     """
-    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    # mmap: the processes of one machine share the file's pages instead of each holding a copy.
+    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False, mmap=True)
     set_optimizer_state_dict(policy, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"

@@ -68,8 +68,10 @@ def shard_frozen(model: torch.nn.Module) -> torch.nn.Module:
     layer_classes = set(getattr(model, "_no_split_modules", None) or [])
     for module in model.modules():
         if type(module).__name__ in layer_classes:
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, reshard_after_forward=True)
+    # The root too: its default keeps embeddings, final norm and head gathered after the
+    # forward, waiting for a backward pass that a frozen model never runs.
+    fully_shard(model, reshard_after_forward=True)
     return model
 
 
@@ -79,13 +81,23 @@ def full_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
     Sharded: each parameter is all-gathered as it is reached, so the peak extra memory is
     one full parameter, not a full copy of the model. These are collectives: every process
     must consume the whole iterator, in the same order. Unsharded: the parameters
-    themselves, detached, without copies. Names are the Hugging Face names (no DDP
-    ``module.`` prefix), what ``load_weights`` and ``from_pretrained`` expect.
+    themselves, detached, without copies. Names are the Hugging Face names, what
+    ``load_weights`` and ``from_pretrained`` expect (see ``hf_parameter_name``).
     """
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     for name, param in inner.named_parameters():
         tensor = param.detach()
-        yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if isinstance(tensor, DTensor):
+            # With fsdp_offload_params the shards live on the CPU; gather on the mesh's device.
+            tensor = tensor.to(tensor.device_mesh.device_type).full_tensor()
+        yield hf_parameter_name(name), tensor
+
+
+def hf_parameter_name(name: str) -> str:
+    """The Hugging Face name of a parameter of a wrapped policy: without the prefixes that
+    torch.compile (``_orig_mod.``) and activation checkpointing
+    (``._checkpoint_wrapped_module``) add when accelerate applies them."""
+    return name.replace("._checkpoint_wrapped_module", "").replace("_orig_mod.", "")
 
 
 def as_float(value: torch.Tensor | float) -> float:

@@ -223,7 +223,7 @@ class Trainer:
             old_logp, ref_logp, adv.advantages, self._seed(step),
         )
         if self.engine.owns_weights:  # its own copy (vLLM, or HF under FSDP2): push the update
-            self.engine.load_weights(full_parameters(self.policy))
+            self.engine.load_weights(full_parameters(self.acc.unwrap_model(self.policy)))
         t_end = time.perf_counter()
 
         if self.cfg.logging.save_rollouts:

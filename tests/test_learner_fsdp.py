@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from tests.helpers.learner_rewards import reward_services, run_config
@@ -79,7 +80,10 @@ def test_fsdp2_run_matches_one_process_and_resumes_exactly(tmp_path):
         for key in ("loss", "reward/total", "kl", "clip_frac", "grad_norm"):
             assert ma[key] == pytest.approx(mb[key], abs=1e-5), (ma["step"], key)
 
-    # The checkpoint written from the shards is a full Hugging Face model equal to one process's.
+    # The checkpoint written from the shards is a full Hugging Face model equal to one
+    # process's, with the tied head saved once (as the embeddings).
+    with safe_open(fsdp_dir / f"checkpoints/step_{STEPS:06d}/policy/model.safetensors", "pt") as saved:
+        assert "lm_head.weight" not in saved.keys() and "model.embed_tokens.weight" in saved.keys()
     wa = AutoModelForCausalLM.from_pretrained(one_dir / f"checkpoints/step_{STEPS:06d}/policy").state_dict()
     wb = AutoModelForCausalLM.from_pretrained(fsdp_dir / f"checkpoints/step_{STEPS:06d}/policy").state_dict()
     start = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()

@@ -16,6 +16,7 @@ from rpp_learner.sharding import (
     as_float,
     describe_parallelism,
     full_parameters,
+    hf_parameter_name,
     is_sharded,
     refuse_unsupported_sharding,
 )
@@ -63,6 +64,12 @@ def test_full_parameters_of_an_unsharded_model_are_its_own_tensors(tmp_path):
     for name, tensor in pairs:
         assert tensor.data_ptr() == own[name].data_ptr() and not tensor.requires_grad
     assert as_float(torch.tensor(2.5)) == 2.5
+
+
+def test_wrapper_prefixes_are_stripped_from_parameter_names():
+    wrapped = "_orig_mod.model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight"
+    assert hf_parameter_name(wrapped) == "model.layers.0.mlp.up_proj.weight"
+    assert hf_parameter_name("lm_head.weight") == "lm_head.weight"
 
 
 def test_the_shipped_fsdp2_accelerate_config_is_valid():

@@ -17,6 +17,7 @@ import sys
 
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
 from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
 
 from rpp_learner.config import load_config
 from rpp_learner.sharding import is_sharded
@@ -46,6 +47,8 @@ def main(config_path: str, stop_after: int | None) -> None:
         assert trainer.engine.owns_weights
         assert is_sharded(trainer.ref_model), "the reference model was not sharded"
         trainer.train(stop_after=stop_after)
+        # Still sharded after its forwards: no full copy of any reference weight kept.
+        assert all(isinstance(p, DTensor) for p in trainer.ref_model.parameters())
 
 
 if __name__ == "__main__":
