@@ -38,8 +38,9 @@ def check_model_path(path: str) -> None:
         )
 
 
-def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
+def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``dtype`` overrides ``cfg.dtype`` (e.g. fp32 master weights under FSDP2 mixed precision)."""
     with quiet_progress_bars():
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            path, dtype=dtype or DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )

@@ -94,7 +94,10 @@ class Trainer:
         self.order = PromptOrder(len(self.train_records), cfg.seed, cfg.data.shuffle)
 
         policy_path = str(resume_from / "policy") if resume_from else cfg.model.path
-        policy = load_causal_lm(policy_path, cfg.model)
+        # FSDP2 with mixed precision trains fp32 master weights (accelerate upcasts them) and
+        # checkpoints save those; load them in fp32 too, or a resume would round them.
+        fp32_master = self.acc.is_fsdp2 and self.acc.mixed_precision != "no"
+        policy = load_causal_lm(policy_path, cfg.model, dtype=torch.float32 if fp32_master else None)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.ref_model = None
