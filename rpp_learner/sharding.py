@@ -18,6 +18,7 @@ alike, so the code paths are the same with and without sharding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -51,6 +52,10 @@ def describe_parallelism(accelerator: Accelerator) -> str:
         how = "DDP: a full copy of the model on each"
     else:
         how = "one process"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        # accelerate drops FSDP without a word where it does not support it (CPU processes).
+        why = " (it does not on CPU)" if accelerator.device.type == "cpu" else ""
+        how += f"; FSDP was requested but accelerate did not enable it{why}"
     return f"{n} process{'es' if n > 1 else ''} on {accelerator.device.type} ({how})"
 
 

@@ -52,7 +52,19 @@ def test_fsdp2_is_accepted():
 def test_the_start_of_a_run_says_how_the_model_is_held():
     from accelerate import Accelerator
 
-    assert describe_parallelism(Accelerator(cpu=True)) == "1 process on cpu (one process)"
+    acc = Accelerator()  # not cpu=True: the state is shared with the other tests in this process
+    assert describe_parallelism(acc) == f"1 process on {acc.device.type} (one process)"
+
+
+def test_the_start_of_a_run_says_when_accelerate_dropped_fsdp(monkeypatch):
+    from accelerate import Accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp --cpu` sets
+    acc = Accelerator()
+    if acc.distributed_type == DistributedType.FSDP:
+        pytest.skip("FSDP is enabled here")
+    line = describe_parallelism(acc)
+    assert "(one process; FSDP was requested but accelerate did not enable it" in line
 
 
 def test_full_parameters_of_an_unsharded_model_are_its_own_tensors(tmp_path):
