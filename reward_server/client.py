@@ -11,7 +11,8 @@ What the channel does for you (all of it is standard gRPC, set in the service co
 - a deadline on every call, keepalive pings, message limits matching the server.
 
 What this module adds: big batches are split into requests of the server's advertised
-size (GetInfo) and several are kept in flight; errors say which service, which
+size (GetInfo) and several are kept in flight; small calls that find every in-flight slot
+busy are merged into one request (see ``RewardClient``); errors say which service, which
 addresses and what happened.
 
 Create a ``RewardClient`` inside the event loop that will use it (grpc.aio channels
@@ -26,6 +27,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -142,7 +144,41 @@ def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: in
         yield chunk
 
 
+@dataclass
+class _MergedCalls:
+    """Small ``score`` calls waiting for a free slot, to go out as one request."""
+
+    samples: list[Sample] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    calls: list[tuple[asyncio.Future[list[Result]], int, int]] = field(default_factory=list)  # (future, start, end)
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """One exception object per waiting caller, so that their tracebacks do not pile up on one."""
+    if isinstance(exc, RewardServiceError):
+        return type(exc)(exc.service, exc.targets, exc.code, exc.details)
+    return exc
+
+
+def _callers_fault(exc: BaseException) -> bool:
+    """An error that one call's own samples can cause (a bad span, an oversized sample)."""
+    return isinstance(exc, ValueError) or (isinstance(exc, RewardServiceError) and exc.code == "INVALID_ARGUMENT")
+
+
 class RewardClient:
+    """Async client of one reward service (all its replicas).
+
+    ``max_in_flight`` requests run at once. A call of fewer than ``merge_samples`` samples
+    that finds every slot busy does not queue as a request of its own: it joins the next
+    request, which takes the small calls waiting with it (up to ``merge_samples`` samples,
+    never two samples with the same id) and goes out when a slot frees. Each caller gets its
+    own results; when the server refuses a merged request as INVALID_ARGUMENT, each call is
+    sent again alone, so the error reaches only the call that caused it. Many concurrent
+    single-sample callers (an agent loop scoring each trajectory as it ends) then cost a few
+    RPCs instead of one each, and a call that finds a slot free is never delayed.
+    ``merge_samples=0`` sends every call as its own request(s).
+    """
+
     def __init__(
         self,
         targets: str | Sequence[str],
@@ -150,14 +186,19 @@ class RewardClient:
         name: str = "reward",
         timeout_s: float = 120.0,
         max_in_flight: int = 4,
+        merge_samples: int = 64,
         token: str | None = None,
         tls: TLSConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry_attempts: int = 5,
     ) -> None:
-        if timeout_s <= 0 or max_in_flight < 1:
-            raise ValueError(f"RewardClient: need timeout_s > 0 and max_in_flight >= 1, got {timeout_s}, {max_in_flight}")
+        if timeout_s <= 0 or max_in_flight < 1 or merge_samples < 0:
+            raise ValueError(
+                "RewardClient: need timeout_s > 0, max_in_flight >= 1 and merge_samples >= 0, got "
+                f"timeout_s={timeout_s}, max_in_flight={max_in_flight}, merge_samples={merge_samples}"
+            )
         self.name = name
+        self.merge_samples = merge_samples
         self.target = channel_target(targets)
         self.timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
@@ -182,37 +223,56 @@ class RewardClient:
         self._score_rpc = self._stub.Score
         self._slots = asyncio.Semaphore(max_in_flight)
         self._info: ServiceInfo | None = None
+        self._info_call: asyncio.Future[ServiceInfo] | None = None
+        self._merging: _MergedCalls | None = None  # the merged request still taking calls
+        self._merged_sends: set[asyncio.Task] = set()  # strong references until they finish
 
     async def get_info(self) -> ServiceInfo:
-        """The service's kind and limits (asked once, then cached)."""
-        if self._info is None:
-            try:
-                msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
-            except grpc.aio.AioRpcError as exc:
-                raise self._error(exc, "GetInfo") from None
-            try:
-                self._info = convert.info_from_proto(msg)
-            except ValueError as exc:
-                raise RewardServiceError(self.name, self.target, "BAD_INFO", str(exc)) from None
+        """The service's kind and limits (asked once, then cached; concurrent callers share the call)."""
+        if self._info is not None:
+            return self._info
+        if self._info_call is None or (self._info_call.done() and self._info_call.exception() is not None):
+            self._info_call = asyncio.ensure_future(self._fetch_info())
+        return await asyncio.shield(self._info_call)
+
+    async def _fetch_info(self) -> ServiceInfo:
+        try:
+            msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "GetInfo") from None
+        try:
+            self._info = convert.info_from_proto(msg)
+        except ValueError as exc:
+            raise RewardServiceError(self.name, self.target, "BAD_INFO", str(exc)) from None
         return self._info
 
     async def score(self, samples: Sequence[Sample]) -> list[Result]:
-        """One result per sample, same order. Splits to the server's limits, several requests in flight."""
+        """One result per sample, same order. Splits to the server's limits, several requests in flight;
+        a small call made while every slot is busy is merged with others (see the class doc)."""
         if not samples:
             return []
         info = self._info or await self.get_info()
+        merge_limit = min(self.merge_samples, info.max_samples_per_request)
+        if len(samples) < merge_limit and self._slots.locked():
+            return await self._join_merged(samples, merge_limit)
+        return await self._score_split(samples, info)
+
+    async def _score_split(self, samples: Sequence[Sample], info: ServiceInfo, *, hold_slot: bool = True) -> list[Result]:
+        """``samples`` as requests within the server's limits; ``hold_slot=False``: the caller holds one
+        slot already and the requests go out one after another in it."""
         max_bytes = min(info.max_request_bytes or self._max_message_bytes, self._max_message_bytes)
+        send = self._score_request if hold_slot else self._call
         if len(samples) <= info.max_samples_per_request:
             # The usual case: one request. Built in place and sized once, not per sample.
             request = convert.score_request(samples)
             if request.ByteSize() <= int(max_bytes * 0.95):
-                return await self._score_request(request)
+                return await send(request)
             chunks = list(split_requests(request.samples, info.max_samples_per_request, max_bytes))
         else:
             messages = [convert.sample_to_proto(s) for s in samples]
             chunks = list(split_requests(messages, info.max_samples_per_request, max_bytes))
-        if len(chunks) == 1:
-            return await self._score_request(pb.ScoreRequest(samples=chunks[0]))
+        if len(chunks) == 1 or not hold_slot:
+            return [r for chunk in chunks for r in await send(pb.ScoreRequest(samples=chunk))]
         tasks = [asyncio.ensure_future(self._score_request(pb.ScoreRequest(samples=chunk))) for chunk in chunks]
         try:
             parts = await asyncio.gather(*tasks)
@@ -222,12 +282,70 @@ class RewardClient:
             raise
         return [result for part in parts for result in part]
 
+    async def _join_merged(self, samples: Sequence[Sample], limit: int) -> list[Result]:
+        merged = self._merging
+        ids = [s.id for s in samples]
+        if merged is None or len(merged.samples) + len(samples) > limit or not merged.ids.isdisjoint(ids):
+            merged = self._merging = _MergedCalls()
+            self._keep(asyncio.ensure_future(self._send_merged(merged)))
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        start = len(merged.samples)
+        merged.samples.extend(samples)
+        merged.ids.update(ids)
+        merged.calls.append((future, start, len(merged.samples)))
+        return await future  # a cancelled caller cancels only its own future
+
+    def _keep(self, task: asyncio.Task, result_to: asyncio.Future | None = None) -> None:
+        """Hold ``task`` until it ends (the loop keeps only weak references); then pass its
+        outcome on to ``result_to``, unless that caller has gone."""
+        self._merged_sends.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._merged_sends.discard(task)
+            if result_to is None or result_to.done():
+                return
+            if task.cancelled():
+                result_to.cancel()
+            elif task.exception() is not None:
+                result_to.set_exception(task.exception())
+            else:
+                result_to.set_result(task.result())
+
+        task.add_done_callback(done)
+
+    async def _send_merged(self, merged: _MergedCalls) -> None:
+        info = self._info
+        assert info is not None  # score() fetched it before any call could be merged
+        try:
+            async with self._slots:
+                if self._merging is merged:
+                    self._merging = None  # sent from here on: later calls start the next one
+                results = await self._score_split(merged.samples, info, hold_slot=False)
+        except Exception as exc:
+            if len(merged.calls) > 1 and _callers_fault(exc):
+                # One call's bad sample must not fail the others: each call goes again, alone.
+                for future, start, end in merged.calls:
+                    if not future.done():
+                        self._keep(asyncio.ensure_future(self._score_split(merged.samples[start:end], info)), future)
+                return
+            for future, _, _ in merged.calls:
+                if not future.done():
+                    future.set_exception(_copy_error(exc))
+            return
+        for future, start, end in merged.calls:
+            if not future.done():
+                future.set_result(results[start:end])
+
     async def _score_request(self, request: pb.ScoreRequest) -> list[Result]:
         async with self._slots:
-            try:
-                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
-            except grpc.aio.AioRpcError as exc:
-                raise self._error(exc, "Score") from None
+            return await self._call(request)
+
+    async def _call(self, request: pb.ScoreRequest) -> list[Result]:
+        """One Score RPC; the caller holds a slot."""
+        try:
+            response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "Score") from None
         got = [r.id for r in response.results]
         want = [s.id for s in request.samples]
         if got != want:

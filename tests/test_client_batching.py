@@ -14,8 +14,8 @@ from reward_server.client import (
     RewardServiceUnavailable,
     channel_target,
 )
-from reward_server.server import ServerConfig, start_in_thread
-from reward_server.types import Sample
+from reward_server.server import ServerConfig, ServerHandle, start_in_thread
+from reward_server.types import Sample, Span
 from tests.serving_helpers import SlowAsyncScorer, expected_outcome, make_samples
 
 
@@ -58,6 +58,76 @@ def test_requests_are_split_to_the_advertised_byte_limit() -> None:
                 client.score([Sample("huge", "", "z" * 5000)])
     assert [r.outcome for r in results] == [1000.0] * 10
     assert max(scorer.batch_sizes) <= 3 and sum(scorer.batch_sizes) == 10
+
+
+def score_rpcs(server: ServerHandle) -> int:
+    """Score RPCs the server answered OK, from its own Prometheus registry."""
+    value = server.server.metrics.registry.get_sample_value("rpp_reward_requests_total", {"method": "Score", "code": "OK"})
+    return int(value or 0)
+
+
+def test_small_calls_that_find_every_slot_busy_go_out_as_one_request() -> None:
+    scorer = SlowAsyncScorer(delay_s=0.05)
+    singles = [[Sample(f"one{i}", "q", "é" * i + "x")] for i in range(20)]
+    pairs = [[Sample(f"a{i}", "", "y" * i), Sample(f"b{i}", "", "z" * (2 * i))] for i in range(5)]
+    with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:
+
+        async def run() -> list:
+            async with RewardClient(server.address, max_in_flight=1) as client:
+                await client.get_info()
+                first = asyncio.ensure_future(client.score(singles[0]))  # finds the slot free
+                gone = asyncio.ensure_future(client.score([Sample("gone", "", "w")]))
+                rest = [asyncio.ensure_future(client.score(c)) for c in singles[1:] + pairs]
+                await asyncio.sleep(0)  # every call has been made; none is answered yet
+                gone.cancel()  # a caller that leaves a merged request takes nobody with it
+                return await asyncio.gather(first, *rest)
+
+        results = asyncio.run(run())
+        rpcs = score_rpcs(server)
+    for samples, got in zip(singles + pairs, results, strict=True):
+        assert [r.id for r in got] == [s.id for s in samples]
+        assert [r.outcome for r in got] == [expected_outcome(s) for s in samples], "results mixed between callers"
+    # The first call went alone; the 25 that waited for the slot (and the cancelled one) went together.
+    assert rpcs == 2 and scorer.batch_sizes == [1, 1 + 19 + 2 * 5], (rpcs, scorer.batch_sizes)
+
+
+def test_merging_keeps_ids_unique_per_request_and_can_be_turned_off() -> None:
+    scorer = SlowAsyncScorer(delay_s=0.02)
+    calls = [[Sample("x", "", "v" * (i + 1))] for i in range(6)]  # every caller names its sample "x"
+    with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:
+
+        async def run(**kwargs) -> list:
+            async with RewardClient(server.address, max_in_flight=1, **kwargs) as client:
+                await client.get_info()
+                return await asyncio.gather(*(client.score(c) for c in calls))
+
+        same_ids = asyncio.run(run())
+        rpcs_merging = score_rpcs(server)
+        unmerged = asyncio.run(run(merge_samples=0))
+        rpcs_unmerged = score_rpcs(server) - rpcs_merging
+    # One request cannot hold two samples named "x", so none were merged, and none mixed up.
+    assert [r[0].outcome for r in same_ids] == [float(i + 1) for i in range(6)]
+    assert rpcs_merging == 6 and scorer.batch_sizes[:6] == [1] * 6
+    assert [r[0].outcome for r in unmerged] == [float(i + 1) for i in range(6)] and rpcs_unmerged == 6
+
+
+def test_a_bad_call_in_a_merged_request_fails_alone() -> None:
+    scorer = SlowAsyncScorer(delay_s=0.02)
+    good = [[Sample(f"g{i}", "", "ok" * (i + 1))] for i in range(5)]
+    bad = [Sample("bad", "", "abc", steps=[Span(0, 99)])]  # the span runs past the response
+    with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:
+
+        async def run() -> list:
+            async with RewardClient(server.address, max_in_flight=1) as client:
+                await client.get_info()
+                calls = [good[0], good[1], bad, *good[2:]]  # bad waits for the slot with good[1:]
+                return await asyncio.gather(*(client.score(c) for c in calls), return_exceptions=True)
+
+        outcomes = asyncio.run(run())
+    error = outcomes.pop(2)
+    assert isinstance(error, RewardServiceError) and error.code == "INVALID_ARGUMENT"
+    assert "samples[0] (id='bad').steps[0]" in str(error) and "out of range" in str(error)
+    assert [r[0].outcome for r in outcomes] == [2.0 * (i + 1) for i in range(5)]
 
 
 def free_port() -> int:

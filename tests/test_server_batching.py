@@ -30,7 +30,8 @@ def test_32_concurrent_clients_get_their_own_results_from_merged_batches() -> No
                 assert [r.outcome for r in results] == [expected_outcome(s) for s in samples]
 
         async def run() -> None:
-            async with RewardClient(server.address) as client:
+            # merge_samples=0: every call is its own request, so any merging is the server's.
+            async with RewardClient(server.address, merge_samples=0) as client:
                 await asyncio.gather(*(caller(client, t) for t in range(32)))
 
         asyncio.run(run())
