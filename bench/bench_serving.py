@@ -9,11 +9,17 @@
 2. 64 concurrent single-sample callers vs one 64-sample call to the same server: dynamic
    batching should keep >= 0.8 of the batched throughput.
 3. A trivial scorer through gRPC vs an HTTP/JSON server (FastAPI + uvicorn, OpenRLHF's
-   design) doing the same, both in their own processes: batches of 64 samples with ~1 KB
-   responses, and single samples from 64 concurrent callers (target >= 2x). Two HTTP
-   clients: aiohttp (the fastest async client we have, pooled connections) and OpenRLHF's
-   own (``requests.post`` per call from worker threads, a new connection each time, as its
-   ``request_api_wrapper`` does).
+   design) doing the same, each in its own process (target >= 2x):
+   a. batches of 64 samples with ~1 KB responses, 4 callers;
+   b. single samples from 64 callers, one RPC per call (64 in-flight slots);
+   c. the same single samples through the default RewardClient (4 slots: calls that find
+      them busy are merged into one request);
+   d. batches of 64 with ~8 KB responses (long reasoning traces).
+   The HTTP side is called two ways: aiohttp (the fastest async client we have, pooled
+   keep-alive connections) and OpenRLHF's own client (``requests.post`` per call from
+   worker threads, a new connection each time, as its ``request_api_wrapper`` does). The
+   "floor" lines replace rpp's server with a bare grpc.aio server answering the same
+   scores (serving_fixtures.serve_bare_grpc): what gRPC itself costs in Python.
 
 The two sides of each line run interleaved (A B, B A, A B, ...) after one warm-up each, and
 each figure is the median over the repeats; the ratio is the median of the per-repeat
@@ -156,15 +162,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_grpc_server(tmp: Path, scorer_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """``rpp-reward-server`` in its own process (default: the trivial scorer); (process, address)."""
-    ready = tmp / "grpc.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reward_server.cli",
-         *(scorer_args or ["--scorer", "bench.serving_fixtures:TrivialScorer"]),
-         "--port", "0", "--metrics-port", "-1", "--ready-file", str(ready), "--log-level", "WARNING"],
-        cwd=ROOT,
-    )
+def start_grpc_server(tmp: Path, scorer_args: list[str] | None = None, *, bare: bool = False) -> tuple[subprocess.Popen, str]:
+    """``rpp-reward-server`` in its own process (default: the trivial scorer), or with
+    ``bare`` the bare grpc.aio server of serving_fixtures; (process, address)."""
+    ready = tmp / ("bare.json" if bare else "grpc.json")
+    command = [sys.executable, "-m", "bench.serving_fixtures", str(ready)] if bare else [
+        sys.executable, "-m", "reward_server.cli", *(scorer_args or ["--scorer", "bench.serving_fixtures:TrivialScorer"]),
+        "--port", "0", "--metrics-port", "-1", "--ready-file", str(ready), "--log-level", "WARNING",
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT)
     while not ready.exists():
         if proc.poll() is not None:
             raise RuntimeError("the gRPC reward server exited at start-up")
@@ -209,29 +215,55 @@ async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         grpc_proc, address = start_grpc_server(Path(tmp))
+        bare_proc, bare_address = start_grpc_server(Path(tmp), bare=True)
         http_proc, url = start_http_server()
+        pool = ThreadPoolExecutor(64)  # OpenRLHF's client blocks: one thread per caller
         try:
             connector = aiohttp.TCPConnector(limit=64)
-            async with RewardClient(address, max_in_flight=64) as client, aiohttp.ClientSession(connector=connector) as http:
+            async with (
+                RewardClient(address, max_in_flight=64) as per_call,  # 64 slots for 64 callers: never merges
+                RewardClient(address) as default,  # 4 slots: calls that find them busy are merged
+                RewardClient(bare_address, max_in_flight=64) as bare,
+                aiohttp.ClientSession(connector=connector) as http,
+            ):
 
-                async def http_score(samples: list[Sample]) -> list[float]:
+                async def aiohttp_score(samples: list[Sample]) -> list[float]:
                     payload = {"samples": [{"id": s.id, "prompt": s.prompt, "response": s.response} for s in samples]}
                     async with http.post(url, json=payload) as reply:
                         reply.raise_for_status()
                         return [r["outcome"] for r in (await reply.json())["results"]]
 
-                async def grpc_score(samples: list[Sample]) -> list[float]:
-                    return [r.outcome for r in await client.score(samples)]
+                async def openrlhf_score(samples: list[Sample]) -> list[float]:
+                    return await asyncio.get_running_loop().run_in_executor(pool, openrlhf_post, url, samples)
+
+                def grpc(client: RewardClient):
+                    async def score(samples: list[Sample]) -> list[float]:
+                        return [r.outcome for r in await client.score(samples)]
+                    return score
 
                 batches = [make_samples(64, 1000, tag=f"b{r}-") for r in range(rounds)]
+                big = [make_samples(64, 8000, tag=f"B{r}-") for r in range(max(1, rounds // 4))]
                 singles = make_samples(64 * max(1, rounds // 4), 1000, tag="s")
-                expected = await grpc_score(batches[0])  # same work on every side
-                assert await http_score(batches[0]) == expected == openrlhf_post(url, batches[0])
-                for label, work, n in (
-                    ("3a. trivial scorer, batches of 64 x ~1 KB (4 callers)", batches, 64 * rounds),
-                    ("3b. trivial scorer, single samples (64 callers)", singles, len(singles)),
-                ):
-                    callers = 4 if work is batches else 64
+                expected = await grpc(per_call)(batches[0])  # same work on every side
+                assert expected == await grpc(bare)(batches[0]) == await aiohttp_score(batches[0])
+                assert expected == openrlhf_post(url, batches[0])
+
+                aio, orl = "HTTP/JSON (FastAPI + uvicorn, aiohttp)", "HTTP/JSON (same server, requests.post)"
+                rpp, floor = "gRPC (rpp server + RewardClient)", "gRPC (bare grpc.aio server + RewardClient)"
+                rows = [
+                    ("3a. batches of 64 x ~1 KB, 4 callers", batches, 4, aio, aiohttp_score, rpp, grpc(per_call)),
+                    ("3a'. the same, OpenRLHF's client", batches, 4, orl, openrlhf_score, rpp, grpc(per_call)),
+                    ("3a''. the same, floor: no rpp server code", batches, 4, aio, aiohttp_score, floor, grpc(bare)),
+                    ("3b. single samples, 64 callers, one RPC per call", singles, 64, aio, aiohttp_score, rpp,
+                     grpc(per_call)),
+                    ("3b'. the same, OpenRLHF's client", singles, 64, orl, openrlhf_score, rpp, grpc(per_call)),
+                    ("3b''. the same, floor: no rpp server code", singles, 64, aio, aiohttp_score, floor, grpc(bare)),
+                    ("3c. single samples, 64 callers, default RewardClient (4 slots, busy -> merged)", singles, 64,
+                     aio, aiohttp_score, rpp, grpc(default)),
+                    ("3d. batches of 64 x ~8 KB (long reasoning traces), 4 callers", big, 4, aio, aiohttp_score, rpp,
+                     grpc(per_call)),
+                ]
+                for label, work, callers, http_name, http_score, grpc_name, grpc_score in rows:
 
                     def runner(score_fn, work=work, callers=callers):
                         async def run() -> None:
@@ -241,19 +273,12 @@ async def bench_grpc_vs_http(repeats: int, rounds: int) -> None:
                             await asyncio.gather(*(caller(k) for k in range(callers)))
                         return run
 
+                    n = sum(len(item) if isinstance(item, list) else 1 for item in work)
                     http_rate, grpc_rate, ratio = await compare(n, runner(http_score), runner(grpc_score), repeats)
-                    print_row(label, "HTTP/JSON (FastAPI + uvicorn, aiohttp)", http_rate,
-                              "gRPC (rpp server + RewardClient)", grpc_rate, ratio, ">= 2")
-                    with ThreadPoolExecutor(callers) as pool:
-
-                        async def openrlhf_score(samples: list[Sample], pool=pool) -> list[float]:
-                            return await asyncio.get_running_loop().run_in_executor(pool, openrlhf_post, url, samples)
-
-                        http_rate, grpc_rate, ratio = await compare(n, runner(openrlhf_score), runner(grpc_score), repeats)
-                    print_row(label + ", OpenRLHF's client", "HTTP/JSON (same server, requests.post)", http_rate,
-                              "gRPC (rpp server + RewardClient)", grpc_rate, ratio, ">= 2")
+                    print_row(label, http_name, http_rate, grpc_name, grpc_rate, ratio, ">= 2")
         finally:
-            for proc in (grpc_proc, http_proc):
+            pool.shutdown()
+            for proc in (grpc_proc, bare_proc, http_proc):
                 proc.terminate()
                 proc.wait(timeout=30)
 
