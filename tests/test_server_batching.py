@@ -56,6 +56,12 @@ def test_batches_respect_the_cost_budget_and_an_oversized_sample_runs_alone() ->
     assert scorer.batch_sizes == [3, 3, 1, 1]
 
 
+def test_the_default_cost_is_utf8_bytes() -> None:
+    scorer = LengthScorer()
+    assert scorer.cost(Sample("a", "q?", "42")) == 4
+    assert scorer.cost(Sample("b", "é", "日本x😀")) == 2 + (3 + 3 + 1 + 4)
+
+
 def test_a_failing_scorer_costs_its_batch_not_the_server() -> None:
     scorer = LengthScorer(fail_when="BOOM", nan_when="NAN")
     with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:

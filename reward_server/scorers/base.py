@@ -29,5 +29,10 @@ class Scorer(abc.ABC):
         """Score ``samples``; returns exactly one Result per sample, same order, same ids."""
 
     def cost(self, sample: Sample) -> int:
-        """The size of ``sample`` for the batcher's token budget (bytes by default)."""
-        return len(sample.prompt.encode("utf-8")) + len(sample.response.encode("utf-8"))
+        """The size of ``sample`` for the batcher's token budget (UTF-8 bytes by default)."""
+        return _utf8_length(sample.prompt) + _utf8_length(sample.response)
+
+
+def _utf8_length(text: str) -> int:
+    # isascii() reads a flag CPython keeps on every str; only non-ASCII text is encoded.
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
