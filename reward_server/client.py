@@ -226,6 +226,7 @@ class RewardClient:
         self._info_call: asyncio.Future[ServiceInfo] | None = None
         self._merging: _MergedCalls | None = None  # the merged request still taking calls
         self._merged_sends: set[asyncio.Task] = set()  # strong references until they finish
+        self._closed = False
 
     async def get_info(self) -> ServiceInfo:
         """The service's kind and limits (asked once, then cached; concurrent callers share the call)."""
@@ -249,6 +250,8 @@ class RewardClient:
     async def score(self, samples: Sequence[Sample]) -> list[Result]:
         """One result per sample, same order. Splits to the server's limits, several requests in flight;
         a small call made while every slot is busy is merged with others (see the class doc)."""
+        if self._closed:
+            raise RewardServiceError(self.name, self.target, "CLIENT_CLOSED", "score() on a closed RewardClient")
         if not samples:
             return []
         info = self._info or await self.get_info()
@@ -321,6 +324,13 @@ class RewardClient:
                 if self._merging is merged:
                     self._merging = None  # sent from here on: later calls start the next one
                 results = await self._score_split(merged.samples, info, hold_slot=False)
+        except asyncio.CancelledError:  # close() while this request waited or ran
+            closed = RewardServiceError(self.name, self.target, "CLIENT_CLOSED",
+                                        "the client was closed before this call was answered")
+            for future, _, _ in merged.calls:
+                if not future.done():
+                    future.set_exception(_copy_error(closed))
+            raise
         except Exception as exc:
             if len(merged.calls) > 1 and _callers_fault(exc):
                 # One call's bad sample must not fail the others: each call goes again, alone.
@@ -346,6 +356,14 @@ class RewardClient:
             response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "Score") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and task.cancelling() == 0:
+                # close() cancelled the RPC, not the caller: say so instead of a bare CancelledError.
+                raise RewardServiceError(
+                    self.name, self.target, "CLIENT_CLOSED", "the client was closed while this call was in flight"
+                ) from None
+            raise
         got = [r.id for r in response.results]
         want = [s.id for s in request.samples]
         if got != want:
@@ -365,6 +383,10 @@ class RewardClient:
         return RewardServiceError(self.name, self.target, code, details)
 
     async def close(self) -> None:
+        """Close the channel. Calls still waiting in a merged request fail with CLIENT_CLOSED."""
+        self._closed = True
+        for task in list(self._merged_sends):
+            task.cancel()
         await self._channel.close()
 
     async def __aenter__(self) -> RewardClient:

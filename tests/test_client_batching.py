@@ -130,6 +130,25 @@ def test_a_bad_call_in_a_merged_request_fails_alone() -> None:
     assert [r[0].outcome for r in outcomes] == [2.0 * (i + 1) for i in range(5)]
 
 
+def test_closing_the_client_fails_the_calls_in_flight_and_waiting_with_client_closed() -> None:
+    with start_in_thread(SlowAsyncScorer(delay_s=0.3), ServerConfig(metrics_port=None)) as server:
+
+        async def run() -> list:
+            client = RewardClient(server.address, max_in_flight=1)
+            await client.get_info()
+            calls = [asyncio.ensure_future(client.score([Sample(f"c{i}", "", "r")])) for i in range(4)]
+            await asyncio.sleep(0.05)  # the first is in flight, the other three wait merged
+            await client.close()
+            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+            with pytest.raises(RewardServiceError, match="CLIENT_CLOSED"):
+                await client.score(make_samples(1))
+            return outcomes
+
+        outcomes = asyncio.run(run())
+    # The call in flight and the three waiting to be merged all say why they ended.
+    assert all(isinstance(o, RewardServiceError) and o.code == "CLIENT_CLOSED" for o in outcomes), outcomes
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
