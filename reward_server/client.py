@@ -22,6 +22,7 @@ belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scr
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import socket
@@ -161,7 +162,8 @@ def _copy_error(exc: BaseException) -> BaseException:
 
 
 def _callers_fault(exc: BaseException) -> bool:
-    """An error that one call's own samples can cause (a bad span, an oversized sample)."""
+    """An error that one call's own samples can cause: the server's INVALID_ARGUMENT (a bad
+    span, a duplicate id) or the client's own ValueError (a sample over the byte limit)."""
     return isinstance(exc, ValueError) or (isinstance(exc, RewardServiceError) and exc.code == "INVALID_ARGUMENT")
 
 
@@ -176,7 +178,9 @@ class RewardClient:
     sent again alone, so the error reaches only the call that caused it. Many concurrent
     single-sample callers (an agent loop scoring each trajectory as it ends) then cost a few
     RPCs instead of one each, and a call that finds a slot free is never delayed.
-    ``merge_samples=0`` sends every call as its own request(s).
+    ``merge_samples`` 0 or 1 sends every call as its own request(s).
+
+    ``close()`` ends every call still running or waiting with a CLIENT_CLOSED error.
     """
 
     def __init__(
@@ -225,22 +229,30 @@ class RewardClient:
         self._info: ServiceInfo | None = None
         self._info_call: asyncio.Future[ServiceInfo] | None = None
         self._merging: _MergedCalls | None = None  # the merged request still taking calls
-        self._merged_sends: set[asyncio.Task] = set()  # strong references until they finish
+        self._tasks: set[asyncio.Task] = set()  # merged and re-sent requests: strong references until done
         self._closed = False
 
     async def get_info(self) -> ServiceInfo:
         """The service's kind and limits (asked once, then cached; concurrent callers share the call)."""
         if self._info is not None:
             return self._info
-        if self._info_call is None or (self._info_call.done() and self._info_call.exception() is not None):
-            self._info_call = asyncio.ensure_future(self._fetch_info())
-        return await asyncio.shield(self._info_call)
+        self._check_open()
+        call = self._info_call
+        if call is None or (call.done() and (call.cancelled() or call.exception() is not None)):
+            call = self._info_call = asyncio.ensure_future(self._fetch_info())  # the first, or a retry
+        try:
+            return await asyncio.shield(call)
+        except RewardServiceError as exc:
+            raise _copy_error(exc) from None
 
     async def _fetch_info(self) -> ServiceInfo:
         try:
             msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "GetInfo") from None
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            self._raise_if_closed("GetInfo")
+            raise
         try:
             self._info = convert.info_from_proto(msg)
         except ValueError as exc:
@@ -250,8 +262,7 @@ class RewardClient:
     async def score(self, samples: Sequence[Sample]) -> list[Result]:
         """One result per sample, same order. Splits to the server's limits, several requests in flight;
         a small call made while every slot is busy is merged with others (see the class doc)."""
-        if self._closed:
-            raise RewardServiceError(self.name, self.target, "CLIENT_CLOSED", "score() on a closed RewardClient")
+        self._check_open()
         if not samples:
             return []
         info = self._info or await self.get_info()
@@ -290,7 +301,11 @@ class RewardClient:
         ids = [s.id for s in samples]
         if merged is None or len(merged.samples) + len(samples) > limit or not merged.ids.isdisjoint(ids):
             merged = self._merging = _MergedCalls()
-            self._keep(asyncio.ensure_future(self._send_merged(merged)))
+            send = asyncio.ensure_future(self._send_merged(merged))
+            self._tasks.add(send)
+            # A done-callback, not code in _send_merged: it runs even when close() cancels the
+            # task before its first step, so no caller is left waiting.
+            send.add_done_callback(functools.partial(self._answer_merged, merged))
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         start = len(merged.samples)
         merged.samples.extend(samples)
@@ -298,53 +313,50 @@ class RewardClient:
         merged.calls.append((future, start, len(merged.samples)))
         return await future  # a cancelled caller cancels only its own future
 
-    def _keep(self, task: asyncio.Task, result_to: asyncio.Future | None = None) -> None:
-        """Hold ``task`` until it ends (the loop keeps only weak references); then pass its
-        outcome on to ``result_to``, unless that caller has gone."""
-        self._merged_sends.add(task)
+    async def _send_merged(self, merged: _MergedCalls) -> list[Result]:
+        async with self._slots:
+            if self._merging is merged:
+                self._merging = None  # sent from here on: later calls start the next one
+            assert self._info is not None  # score() fetched it before any call could be merged
+            return await self._score_split(merged.samples, self._info, hold_slot=False)
 
-        def done(task: asyncio.Task) -> None:
-            self._merged_sends.discard(task)
-            if result_to is None or result_to.done():
-                return
-            if task.cancelled():
-                result_to.cancel()
-            elif task.exception() is not None:
-                result_to.set_exception(task.exception())
-            else:
-                result_to.set_result(task.result())
-
-        task.add_done_callback(done)
-
-    async def _send_merged(self, merged: _MergedCalls) -> None:
-        info = self._info
-        assert info is not None  # score() fetched it before any call could be merged
-        try:
-            async with self._slots:
-                if self._merging is merged:
-                    self._merging = None  # sent from here on: later calls start the next one
-                results = await self._score_split(merged.samples, info, hold_slot=False)
-        except asyncio.CancelledError:  # close() while this request waited or ran
-            closed = RewardServiceError(self.name, self.target, "CLIENT_CLOSED",
-                                        "the client was closed before this call was answered")
-            for future, _, _ in merged.calls:
-                if not future.done():
-                    future.set_exception(_copy_error(closed))
-            raise
-        except Exception as exc:
-            if len(merged.calls) > 1 and _callers_fault(exc):
-                # One call's bad sample must not fail the others: each call goes again, alone.
-                for future, start, end in merged.calls:
-                    if not future.done():
-                        self._keep(asyncio.ensure_future(self._score_split(merged.samples[start:end], info)), future)
-                return
-            for future, _, _ in merged.calls:
-                if not future.done():
-                    future.set_exception(_copy_error(exc))
-            return
-        for future, start, end in merged.calls:
-            if not future.done():
+    def _answer_merged(self, merged: _MergedCalls, send: asyncio.Task) -> None:
+        """Hand each caller of a merged request its own slice of the results, or the error."""
+        self._tasks.discard(send)
+        if self._merging is merged:
+            self._merging = None
+        error = self._closed_error("call") if send.cancelled() else send.exception()
+        calls = [(future, start, end) for future, start, end in merged.calls if not future.done()]
+        if error is None:
+            results = send.result()
+            for future, start, end in calls:
                 future.set_result(results[start:end])
+        elif len(merged.calls) > 1 and _callers_fault(error):
+            # One call's bad sample must not fail the others: each call goes again, alone (the
+            # scores are recomputed for the rare merged request that was split and half sent).
+            for future, start, end in calls:
+                self._send_alone(merged.samples[start:end], future)
+        else:
+            for future, _, _ in calls:
+                future.set_exception(_copy_error(error))
+
+    def _send_alone(self, samples: list[Sample], future: asyncio.Future[list[Result]]) -> None:
+        assert self._info is not None
+        send = asyncio.ensure_future(self._score_split(samples, self._info))
+        self._tasks.add(send)
+        future.add_done_callback(lambda f: send.cancel() if f.cancelled() else None)  # its caller left
+
+        def answer(send: asyncio.Task) -> None:
+            self._tasks.discard(send)
+            error = self._closed_error("call") if send.cancelled() else send.exception()
+            if future.done():
+                return
+            if error is None:
+                future.set_result(send.result())
+            else:
+                future.set_exception(error)
+
+        send.add_done_callback(answer)
 
     async def _score_request(self, request: pb.ScoreRequest) -> list[Result]:
         async with self._slots:
@@ -352,17 +364,13 @@ class RewardClient:
 
     async def _call(self, request: pb.ScoreRequest) -> list[Result]:
         """One Score RPC; the caller holds a slot."""
+        self._check_open()  # it may have waited for the slot while the client closed
         try:
             response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "Score") from None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._closed and task is not None and task.cancelling() == 0:
-                # close() cancelled the RPC, not the caller: say so instead of a bare CancelledError.
-                raise RewardServiceError(
-                    self.name, self.target, "CLIENT_CLOSED", "the client was closed while this call was in flight"
-                ) from None
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            self._raise_if_closed("Score")
             raise
         got = [r.id for r in response.results]
         want = [s.id for s in request.samples]
@@ -382,10 +390,24 @@ class RewardClient:
             return RewardServiceUnavailable(self.name, self.target, code, f"{details} [{exc.debug_error_string()}]")
         return RewardServiceError(self.name, self.target, code, details)
 
+    def _closed_error(self, what: str) -> RewardServiceError:
+        return RewardServiceError(self.name, self.target, "CLIENT_CLOSED", f"the client was closed before this {what} was answered")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RewardServiceError(self.name, self.target, "CLIENT_CLOSED", "this RewardClient is closed")
+
+    def _raise_if_closed(self, method: str) -> None:
+        """Inside ``except CancelledError``: if close() cut the RPC off (not the caller's own
+        cancellation), raise CLIENT_CLOSED instead of a bare CancelledError."""
+        task = asyncio.current_task()
+        if self._closed and task is not None and task.cancelling() == 0:
+            raise self._closed_error(method) from None
+
     async def close(self) -> None:
-        """Close the channel. Calls still waiting in a merged request fail with CLIENT_CLOSED."""
+        """Close the channel; every call still running or waiting fails with CLIENT_CLOSED."""
         self._closed = True
-        for task in list(self._merged_sends):
+        for task in list(self._tasks):
             task.cancel()
         await self._channel.close()
 

@@ -130,22 +130,36 @@ def test_a_bad_call_in_a_merged_request_fails_alone() -> None:
     assert [r[0].outcome for r in outcomes] == [2.0 * (i + 1) for i in range(5)]
 
 
-def test_closing_the_client_fails_the_calls_in_flight_and_waiting_with_client_closed() -> None:
-    with start_in_thread(SlowAsyncScorer(delay_s=0.3), ServerConfig(metrics_port=None)) as server:
+@pytest.mark.parametrize("moment", ["merged-waiting", "merged-not-started", "resent-alone", "unmerged-waiting"])
+def test_closing_the_client_ends_every_call_with_client_closed(moment: str) -> None:
+    # A scorer slow enough that close() always comes while a call is still being scored.
+    with start_in_thread(SlowAsyncScorer(delay_s=1.0), ServerConfig(metrics_port=None)) as server:
 
         async def run() -> list:
-            client = RewardClient(server.address, max_in_flight=1)
+            client = RewardClient(server.address, max_in_flight=1, merge_samples=0 if moment == "unmerged-waiting" else 64)
             await client.get_info()
-            calls = [asyncio.ensure_future(client.score([Sample(f"c{i}", "", "r")])) for i in range(4)]
-            await asyncio.sleep(0.05)  # the first is in flight, the other three wait merged
+            first = asyncio.ensure_future(client.score([Sample("first", "", "r")]))
+            await asyncio.sleep(0)  # the first call takes the only slot
+            if moment == "resent-alone":  # a bad call makes the merged request come back refused
+                others = [[Sample("bad", "", "abc", steps=[Span(0, 99)])], [Sample("good", "", "ok")]]
+            else:
+                others = [[Sample(f"c{i}", "", "r")] for i in range(3)]
+            calls = [asyncio.ensure_future(client.score(c)) for c in others]
+            if moment == "resent-alone":
+                await asyncio.wait([calls[0]])  # refused merged, then refused alone: "good" is re-sent now
+            else:
+                await asyncio.sleep(0 if moment == "merged-not-started" else 0.05)
             await client.close()
-            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-            with pytest.raises(RewardServiceError, match="CLIENT_CLOSED"):
+            outcomes = await asyncio.wait_for(asyncio.gather(first, *calls, return_exceptions=True), 10)
+            with pytest.raises(RewardServiceError, match="CLIENT_CLOSED: this RewardClient is closed"):
                 await client.score(make_samples(1))
             return outcomes
 
         outcomes = asyncio.run(run())
-    # The call in flight and the three waiting to be merged all say why they ended.
+    if moment == "resent-alone":  # the first was answered and the bad call refused before close()
+        assert outcomes[0][0].outcome == 1.0 and outcomes[1].code == "INVALID_ARGUMENT"
+        outcomes = outcomes[2:]
+    # No caller hangs, none sees a bare CancelledError: every one is told the client closed.
     assert all(isinstance(o, RewardServiceError) and o.code == "CLIENT_CLOSED" for o in outcomes), outcomes
 
 
