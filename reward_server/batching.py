@@ -122,15 +122,23 @@ def check_results(samples: list[Sample], results: object, kind: RewardKind) -> l
     if not isinstance(results, list) or len(results) != len(samples):
         got = f"{len(results)} results" if isinstance(results, list) else type(results).__name__
         raise ValueError(f"scorer returned {got} for {len(samples)} samples; need one Result per sample")
-    checked: list[Result] = []
+    checked = results
+    outcome_kind = kind is RewardKind.OUTCOME
+    isfinite = math.isfinite
     for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
         if not isinstance(result, Result) or result.id != sample.id:
             got = repr(result.id) if isinstance(result, Result) else type(result).__name__
             raise ValueError(f"scorer result {i} has id {got}, expected {sample.id!r}; results must keep the sample order")
-        problem = None if result.error is not None else _score_problem(sample, result, kind)
+        if result.error is not None:
+            continue
+        if outcome_kind and result.outcome is not None and isfinite(result.outcome):
+            continue  # the usual outcome result: nothing to check further
+        problem = _score_problem(sample, result, kind)
         if problem:
-            result = Result(id=sample.id, metrics=result.metrics, error=SampleError("BAD_SCORE", f"sample {sample.id!r}: {problem}"))
-        checked.append(result)
+            if checked is results:
+                checked = list(results)  # copy on the first bad score; never change the scorer's list
+            checked[i] = Result(id=sample.id, metrics=result.metrics,
+                                error=SampleError("BAD_SCORE", f"sample {sample.id!r}: {problem}"))
     return checked
 
 

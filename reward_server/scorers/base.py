@@ -30,9 +30,9 @@ class Scorer(abc.ABC):
 
     def cost(self, sample: Sample) -> int:
         """The size of ``sample`` for the batcher's token budget (UTF-8 bytes by default)."""
-        return _utf8_length(sample.prompt) + _utf8_length(sample.response)
-
-
-def _utf8_length(text: str) -> int:
-    # isascii() reads a flag CPython keeps on every str; only non-ASCII text is encoded.
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+        # isascii() reads a flag CPython keeps on every str: only non-ASCII text is encoded.
+        # (Inlined: the batcher calls this for every sample of every request.)
+        prompt, response = sample.prompt, sample.response
+        return (len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))) + (
+            len(response) if response.isascii() else len(response.encode("utf-8"))
+        )
