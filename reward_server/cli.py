@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--host", default=d.host, help="address to bind; 0.0.0.0 or :: to serve beyond this machine")
     n.add_argument("--port", type=int, default=d.port, help="0: any free port")
     n.add_argument("--max-batch-samples", type=int, default=d.max_batch_samples)
-    n.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, help="Scorer.cost budget per batch")
+    n.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+                   help="Scorer.cost budget per scorer call: UTF-8 bytes (a bound on tokens) unless the "
+                        "scorer counts otherwise; HF scorers also cap padded tokens per forward "
+                        "(--option max_batch_tokens=N)")
     n.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
     n.add_argument("--max-queue", type=int, default=d.max_queue)
     n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)

@@ -46,7 +46,7 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise: a reward server is not public
     port: int = 0  # 0: any free port (read it from ServerHandle.address or the ready file)
     max_batch_samples: int = 64  # samples per scorer call
-    max_batch_tokens: int = 262_144  # Scorer.cost budget per scorer call
+    max_batch_tokens: int = 262_144  # Scorer.cost budget per scorer call (UTF-8 bytes, an upper bound on tokens)
     # Continuous batching: an idle scorer takes what is queued at once (0), or waits up to this
     # long after the oldest queued sample arrived for the batch to fill. Work that queued while
     # the scorer was busy never waits.

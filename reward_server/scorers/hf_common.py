@@ -199,6 +199,11 @@ class HFScorer(Scorer):
     Subclasses say how a sample is encoded (``encode``) and how a padded forward becomes
     results (``forward_batch``). The whole loop runs in a worker thread so the server's
     event loop keeps serving while the model computes.
+
+    ``cost`` stays the default UTF-8 byte count: every token covers at least one byte, so
+    the server's batch budget in bytes is a safe bound on tokens, and it needs no
+    tokenization on the event loop (which would tokenize every sample twice). The exact
+    budget, padded tokens per forward, is applied here (``max_batch_tokens``).
     """
     blocking = False  # the forward runs in asyncio.to_thread
 
@@ -220,9 +225,6 @@ class HFScorer(Scorer):
         self, samples: list[Sample], encoded: list[Encoded], input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> list[Result]:
         """Run the model on one right-padded micro-batch and return one Result per row."""
-
-    def cost(self, sample: Sample) -> int:
-        return len(self.tokenizer.encode(sample.prompt + sample.response, add_special_tokens=False))
 
     async def score(self, samples: list[Sample]) -> list[Result]:
         return await asyncio.to_thread(self.score_sync, samples)
