@@ -138,8 +138,8 @@ def test_classifier_prm_equals_direct_forward_and_returns_split_spans(classifier
 def test_causal_prm_equals_direct_forward_with_given_steps(causal_path, tokenizer, project_tags_only):
     scorer = StepTagCausalLMPRM(StepTagCausalLMConfig(model=str(causal_path), max_batch_tokens=80))
     # True: logits only at the tags (transformers 5 logits_to_keep); False: the full-vocab path.
-    assert scorer._keep_mask
-    scorer._keep_mask = project_tags_only
+    assert scorer._next_token_logits.keep_mask
+    scorer._next_token_logits.keep_mask = project_tags_only
     samples = mixed_samples()
     # Give sample 2 its own steps (one span, not the "\n\n" split): exactly those are scored.
     data = samples[2].response.encode()

@@ -35,18 +35,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class HFModelConfig:
-    """Options every Hugging Face scorer takes."""
+class HFServingConfig:
+    """How any Hugging Face scorer loads its model and sizes its forwards."""
 
     model: str = field(metadata={"help": "path (or hub id) of a save_pretrained directory"})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: str = field(default="auto", metadata={"help": "'auto' (checkpoint dtype), 'float32', 'bfloat16' or 'float16'"})
+    device_map: str | None = field(default=None, metadata={"help": "spread a big model over devices ('auto', 'balanced', ...: accelerate's device_map); overrides device"})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (the checkpoint's dtype, e.g. bfloat16), 'float32', 'bfloat16' or 'float16'"})
     max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per model forward (memory bound)"})
     max_batch_samples: int = field(default=64, metadata={"help": "samples per model forward"})
     max_length: int | None = field(default=None, metadata={"help": "longest input in tokens; default: the model's max_position_embeddings"})
-    chat_template: bool = field(default=False, metadata={"help": "render prompt/response with the tokenizer's chat template"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system message for the chat template"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code shipped with the checkpoint"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom code shipped with the checkpoint (never needed by rpp's native PRM loaders)"})
     model_name: str | None = field(default=None, metadata={"help": "name reported in GetInfo; default: the model path"})
 
     def __post_init__(self) -> None:
@@ -54,6 +53,14 @@ class HFModelConfig:
             raise ValueError("max_batch_tokens and max_batch_samples must be >= 1")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1 (got {self.max_length}) or None for the model's limit")
+
+
+@dataclass
+class HFModelConfig(HFServingConfig):
+    """Options of the scorers whose input text is ``prompt + separator + body`` or a chat."""
+
+    chat_template: bool = field(default=False, metadata={"help": "render prompt/response with the tokenizer's chat template"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system message for the chat template"})
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,7 +72,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_tokenizer(config: HFModelConfig) -> PreTrainedTokenizerBase:
+def load_tokenizer(config: HFServingConfig) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -73,29 +80,42 @@ def load_tokenizer(config: HFModelConfig) -> PreTrainedTokenizerBase:
             f"could not load a tokenizer from {config.model!r}: {exc}. "
             "Pass --model a directory written by save_pretrained that holds the tokenizer files."
         ) from exc
-    if config.chat_template and not tokenizer.chat_template:
+    if isinstance(config, HFModelConfig) and config.chat_template and not tokenizer.chat_template:
         raise ValueError(f"chat_template=True but the tokenizer in {config.model!r} has no chat template")
     return tokenizer
 
 
-def load_model(auto_class: Any, config: HFModelConfig) -> PreTrainedModel:
-    """Load ``config.model`` with ``auto_class`` (an ``AutoModelFor...``), in eval mode on its device."""
+def from_pretrained_kwargs(config: HFServingConfig) -> dict[str, Any]:
+    """dtype and placement arguments for ``from_pretrained``, from the scorer options."""
     if config.dtype != "auto" and config.dtype not in _DTYPES:
         raise ValueError(f"dtype {config.dtype!r} is not one of 'auto', {', '.join(map(repr, _DTYPES))}")
-    dtype = _DTYPES.get(config.dtype, "auto")
+    kwargs: dict[str, Any] = {"dtype": _DTYPES.get(config.dtype, "auto")}
+    if config.device_map is not None:
+        kwargs["device_map"] = config.device_map  # accelerate places (and may shard) the weights
+    return kwargs
+
+
+def place(model: PreTrainedModel, config: HFServingConfig) -> PreTrainedModel:
+    """The loaded model on its device (unless a device_map placed it), in eval mode."""
+    if config.device_map is None:
+        model = model.to(resolve_device(config.device))
+    return model.eval()
+
+
+def load_model(auto_class: Any, config: HFServingConfig) -> PreTrainedModel:
+    """Load ``config.model`` with ``auto_class`` (an ``AutoModelFor...``), in eval mode on its device."""
+    kwargs = from_pretrained_kwargs(config)
     try:
-        model = auto_class.from_pretrained(
-            config.model, dtype=dtype, trust_remote_code=config.trust_remote_code
-        )
+        model = auto_class.from_pretrained(config.model, trust_remote_code=config.trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"could not load {auto_class.__name__} from {config.model!r}: {exc}. "
             "Pass --model a directory written by save_pretrained (config.json + weights)."
         ) from exc
-    return model.to(resolve_device(config.device)).eval()
+    return place(model, config)
 
 
-def max_input_length(model: PreTrainedModel, config: HFModelConfig) -> int:
+def max_input_length(model: PreTrainedModel, config: HFServingConfig) -> int:
     """The longest input the scorer accepts: the configured limit, else the model's."""
     if config.max_length is not None:
         return config.max_length
@@ -187,10 +207,12 @@ def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
 
 @dataclass
 class Encoded:
-    """One sample ready for the model: its token ids and, for PRMs, the step spans scored."""
+    """One sample ready for the model: its token ids and, for PRMs, the step spans scored
+    and the token index at which each step's score is read (same order, same length)."""
 
     input_ids: list[int]
     spans: list[Span] = field(default_factory=list)
+    read_positions: list[int] = field(default_factory=list)
 
 
 class HFScorer(Scorer):
@@ -207,12 +229,13 @@ class HFScorer(Scorer):
     """
     blocking = False  # the forward runs in asyncio.to_thread
 
-    def __init__(self, config: HFModelConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, config: HFServingConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = config.model_name or config.model
-        self.device = next(model.parameters()).device
+        # Where inputs go: the embedding's device (the first one when a device_map spread the model).
+        self.device = model.get_input_embeddings().weight.device
         self.max_length = max_input_length(model, config)
         self.pad_id = pad_token_id(model, tokenizer)
 
