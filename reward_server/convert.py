@@ -261,6 +261,7 @@ def info_to_proto(info: ServiceInfo) -> pb.GetInfoResponse:
         max_samples_per_request=info.max_samples_per_request,
         max_request_bytes=info.max_request_bytes,
         version=info.version,
+        input_format=info.input_format,
     )
 
 
@@ -280,4 +281,5 @@ def info_from_proto(msg: pb.GetInfoResponse) -> ServiceInfo:
         max_samples_per_request=msg.max_samples_per_request,
         max_request_bytes=msg.max_request_bytes,
         version=msg.version,
+        input_format=msg.input_format,
     )

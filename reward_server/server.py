@@ -113,6 +113,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             max_samples_per_request=self._config.max_samples_per_request,
             max_request_bytes=self._config.max_message_bytes,
             version=VERSION,
+            input_format=self._scorer.input_format,
         )
 
     async def wait_idle(self) -> None:

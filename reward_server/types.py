@@ -68,3 +68,4 @@ class ServiceInfo:
     max_samples_per_request: int
     max_request_bytes: int
     version: str
+    input_format: str = ""  # e.g. "qwen2.5-math-prm"; "" when the service does not say

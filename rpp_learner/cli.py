@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             cfg.checkpoint.resume = args.resume
         # Imported here so config errors show before torch/transformers load.
-        from rpp_learner.scoring import RewardSetupError
+        from rpp_learner.scoring import RewardSetupError, describe_service
         from rpp_learner.sharding import describe_parallelism
         from rpp_learner.trainer import Trainer, TrainingStopped
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         with trainer:
             if trainer.acc.is_main_process:
                 print(f"rpp-train: {describe_parallelism(trainer.acc)}", flush=True)
+                for name, info in trainer.service_infos.items():
+                    print(f"rpp-train: {describe_service(name, info)}", flush=True)
             if args.eval_only:
                 print(json.dumps(trainer.evaluate()))
                 return 0

@@ -64,6 +64,16 @@ def _failed(samples: list[Sample], code: str, message: str) -> list[Result]:
     return [Result(id=s.id, error=SampleError(code, message)) for s in samples]
 
 
+def describe_service(name: str, info: ServiceInfo) -> str:
+    """One line on what a reward service is, for the start of a run."""
+    parts = [f"reward service {name!r}: {info.kind.value}, model {info.model_name!r}"]
+    if info.input_format:
+        parts.append(f"input format {info.input_format}")
+    if info.kind is RewardKind.PROCESS:
+        parts.append(f"splits steps on {info.step_separator!r}")
+    return ", ".join(parts)
+
+
 class RewardScorer:
     """One client per configured service, driven from a private event loop thread."""
 

@@ -29,6 +29,7 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer, get_scheduler
 
 from reward_server.client import RewardServiceUnavailable
+from reward_server.types import ServiceInfo
 from rpp_learner import checkpoint as ckpt
 from rpp_learner.algorithms.advantages import AdvantageInputs, compute_advantages
 from rpp_learner.algorithms.kl import kl_penalty
@@ -81,9 +82,10 @@ class Trainer:
         check_model_path(cfg.model.path)
         self.scorer = RewardScorer(cfg.rewards.services)
         self.separators: dict[str, str] = {}
+        self.service_infos: dict[str, ServiceInfo] = {}
         if cfg.rewards.check_at_start:
-            infos = self.scorer.check(cfg.rewards.connect_timeout_s)
-            self.separators = {name: info.step_separator for name, info in infos.items()}
+            self.service_infos = self.scorer.check(cfg.rewards.connect_timeout_s)
+            self.separators = {name: info.step_separator for name, info in self.service_infos.items()}
 
         resume_from = ckpt.find_checkpoint(cfg.checkpoint.resume, cfg.output_dir) if cfg.checkpoint.resume else None
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.path)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n reward_server/proto/reward.proto\x12\rrpp.reward.v1\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xe8\x01\n\x06Sample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x16\n\treference\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\"\n\x05steps\x18\x05 \x03(\x0b\x32\x13.rpp.reward.v1.Span\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.rpp.reward.v1.Sample.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_reference\"=\n\tStepScore\x12!\n\x04span\x18\x01 \x01(\x0b\x32\x13.rpp.reward.v1.Span\x12\r\n\x05score\x18\x02 \x01(\x01\",\n\x0bSampleError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfb\x01\n\x0cSampleResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x07outcome\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\'\n\x05steps\x18\x03 \x03(\x0b\x32\x18.rpp.reward.v1.StepScore\x12\x39\n\x07metrics\x18\x04 \x03(\x0b\x32(.rpp.reward.v1.SampleResult.MetricsEntry\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.rpp.reward.v1.SampleError\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_outcome\"6\n\x0cScoreRequest\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.rpp.reward.v1.Sample\"=\n\rScoreResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rpp.reward.v1.SampleResult\"\x10\n\x0eGetInfoRequest\"\xb3\x01\n\x0fGetInfoResponse\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.rpp.reward.v1.RewardKind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x16\n\x0estep_separator\x18\x03 \x01(\t\x12\x1f\n\x17max_samples_per_request\x18\x04 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\t*[\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13REWARD_KIND_OUTCOME\x10\x01\x12\x17\n\x13REWARD_KIND_PROCESS\x10\x02\x32\x9d\x01\n\rRewardService\x12\x42\n\x05Score\x12\x1b.rpp.reward.v1.ScoreRequest\x1a\x1c.rpp.reward.v1.ScoreResponse\x12H\n\x07GetInfo\x12\x1d.rpp.reward.v1.GetInfoRequest\x1a\x1e.rpp.reward.v1.GetInfoResponseBG\n\x11\x64\x65v.rpp.reward.v1P\x01Z0github.com/rpp/rpp/gen/go/rpp/reward/v1;rewardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n reward_server/proto/reward.proto\x12\rrpp.reward.v1\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xe8\x01\n\x06Sample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x16\n\treference\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\"\n\x05steps\x18\x05 \x03(\x0b\x32\x13.rpp.reward.v1.Span\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.rpp.reward.v1.Sample.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_reference\"=\n\tStepScore\x12!\n\x04span\x18\x01 \x01(\x0b\x32\x13.rpp.reward.v1.Span\x12\r\n\x05score\x18\x02 \x01(\x01\",\n\x0bSampleError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfb\x01\n\x0cSampleResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x07outcome\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\'\n\x05steps\x18\x03 \x03(\x0b\x32\x18.rpp.reward.v1.StepScore\x12\x39\n\x07metrics\x18\x04 \x03(\x0b\x32(.rpp.reward.v1.SampleResult.MetricsEntry\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.rpp.reward.v1.SampleError\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_outcome\"6\n\x0cScoreRequest\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.rpp.reward.v1.Sample\"=\n\rScoreResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rpp.reward.v1.SampleResult\"\x10\n\x0eGetInfoRequest\"\xc9\x01\n\x0fGetInfoResponse\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.rpp.reward.v1.RewardKind\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x16\n\x0estep_separator\x18\x03 \x01(\t\x12\x1f\n\x17max_samples_per_request\x18\x04 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x14\n\x0cinput_format\x18\x07 \x01(\t*[\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13REWARD_KIND_OUTCOME\x10\x01\x12\x17\n\x13REWARD_KIND_PROCESS\x10\x02\x32\x9d\x01\n\rRewardService\x12\x42\n\x05Score\x12\x1b.rpp.reward.v1.ScoreRequest\x1a\x1c.rpp.reward.v1.ScoreResponse\x12H\n\x07GetInfo\x12\x1d.rpp.reward.v1.GetInfoRequest\x1a\x1e.rpp.reward.v1.GetInfoResponseBG\n\x11\x64\x65v.rpp.reward.v1P\x01Z0github.com/rpp/rpp/gen/go/rpp/reward/v1;rewardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLERESULT_METRICSENTRY']._loaded_options = None
   _globals['_SAMPLERESULT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_REWARDKIND']._serialized_start=1004
-  _globals['_REWARDKIND']._serialized_end=1095
+  _globals['_REWARDKIND']._serialized_start=1026
+  _globals['_REWARDKIND']._serialized_end=1117
   _globals['_SPAN']._serialized_start=51
   _globals['_SPAN']._serialized_end=85
   _globals['_SAMPLE']._serialized_start=88
@@ -59,7 +59,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=804
   _globals['_GETINFOREQUEST']._serialized_end=820
   _globals['_GETINFORESPONSE']._serialized_start=823
-  _globals['_GETINFORESPONSE']._serialized_end=1002
-  _globals['_REWARDSERVICE']._serialized_start=1098
-  _globals['_REWARDSERVICE']._serialized_end=1255
+  _globals['_GETINFORESPONSE']._serialized_end=1024
+  _globals['_REWARDSERVICE']._serialized_start=1120
+  _globals['_REWARDSERVICE']._serialized_end=1277
 # @@protoc_insertion_point(module_scope)

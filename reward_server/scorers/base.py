@@ -17,6 +17,8 @@ class Scorer(abc.ABC):
     kind: RewardKind
     model_name: str = "unnamed"
     step_separator: str = "\n\n"
+    # The released input format the model is fed (GetInfo.input_format), "" if none.
+    input_format: str = ""
     # Whether ``score`` may block the event loop it is awaited on (a torch forward run
     # inline, a slow synchronous call). Blocking scorers get a thread of their own in the
     # server's batcher (one hand-off per batch); scorers that only await (they offload
