@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rpp-reward-server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s = p.add_argument_group("scorer")
-    s.add_argument("--scorer", required=True, help="registered scorer name, or module:attr of a Scorer class/factory")
+    s.add_argument("--scorer", required=True, help="registered scorer name (e.g. prm: any public PRM checkpoint, its format read from "
+                        "config.json), or module:attr of a Scorer class/factory")
     s.add_argument("--model", help="model path or hub id (HF scorers)")
     s.add_argument("--function", help="module:function or path/to/file.py:function (user-function scorer)")
     s.add_argument("--kind", choices=["outcome", "process"], help="outcome or process reward")
@@ -149,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_ready(server: RewardServer) -> None:
         log.info(
-            "serving %s (%s) on %s; metrics port %s; tls %s; token auth %s",
-            scorer.model_name, scorer.kind.value, server.address, server.metrics_port,
+            "serving %s (%s%s) on %s; metrics port %s; tls %s; token auth %s",
+            scorer.model_name, scorer.kind.value,
+            f", {scorer.input_format}, steps split on {scorer.step_separator!r}" if scorer.input_format else "",
+            server.address, server.metrics_port,
             "mTLS" if config.tls_client_ca_file else ("on" if config.tls_cert_file else "off"),
             "on" if config.token else "off",
         )

@@ -25,9 +25,12 @@ from reward_server.scorers.base import Scorer
 @dataclass(frozen=True)
 class _Entry:
     module: str
-    scorer_class: str
+    scorer_class: str  # a Scorer class (or one with ``from_config``); a function if ``dispatch``
     config_class: str
     summary: str
+    # The scorer is a function that takes the options itself and builds another scorer
+    # (``prm`` picks a PRM family); only its own config's options are checked here.
+    dispatch: bool = False
 
 
 SCORERS: dict[str, _Entry] = {
@@ -35,9 +38,27 @@ SCORERS: dict[str, _Entry] = {
         "reward_server.scorers.hf_outcome", "HFOutcomeScorer", "HFOutcomeConfig",
         "outcome reward model: the logit of a 1-label AutoModelForSequenceClassification",
     ),
+    "prm": _Entry(
+        "reward_server.scorers.prm_auto", "build_auto_prm", "AutoPRMConfig",
+        "process reward from any public PRM checkpoint: picks its format from config.json and the "
+        "tokenizer (logged), then takes that format's options",
+        dispatch=True,
+    ),
+    "prm-qwen": _Entry(
+        "reward_server.scorers.public_prms", "QwenMathPRM", "QwenMathPRMConfig",
+        "process reward, Qwen2.5-Math-PRM (loaded natively): P(label 1) at each <extra_0> of its chat",
+    ),
+    "prm-skywork": _Entry(
+        "reward_server.scorers.public_prms", "SkyworkPRM", "SkyworkPRMConfig",
+        "process reward, Skywork-o1-Open-PRM (loaded natively): sigmoid(value head) at each step token",
+    ),
+    "prm-rlhflow": _Entry(
+        "reward_server.scorers.public_prms", "RLHFlowPRM", "RLHFlowPRMConfig",
+        "process reward, RLHFlow Llama3.1-8B-PRM: P('+') of the assistant's reply to each step",
+    ),
     "prm-classifier": _Entry(
         "reward_server.scorers.hf_process", "StepTagClassifierPRM", "StepTagClassifierConfig",
-        "process reward, Qwen2.5-Math-PRM style: P(label 1) of a token head at each separator token",
+        "process reward, a token-classification PRM: P(label 1) of its head at each separator token",
     ),
     "prm-causal": _Entry(
         "reward_server.scorers.hf_process", "StepTagCausalLMPRM", "StepTagCausalLMConfig",
@@ -62,6 +83,11 @@ def build_scorer(name: str, **options: Any) -> Scorer:
     """Build the scorer registered as ``name`` from its options (see ``describe_scorers``)."""
     entry = _entry(name)
     module = importlib.import_module(entry.module)
+    if entry.dispatch:
+        own = {f.name for f in dataclasses.fields(getattr(module, entry.config_class))}
+        config = _make_config(name, getattr(module, entry.config_class), {k: v for k, v in options.items() if k in own})
+        rest = {k: v for k, v in options.items() if k not in own}
+        return getattr(module, entry.scorer_class)(**dataclasses.asdict(config), **rest)
     config = _make_config(name, getattr(module, entry.config_class), options)
     scorer_class = getattr(module, entry.scorer_class)
     return getattr(scorer_class, "from_config", scorer_class)(config)
@@ -85,6 +111,8 @@ def describe_scorers(name: str | None = None) -> str:
         for f in dataclasses.fields(config_class):
             default = "required" if f.default is dataclasses.MISSING else f"default {f.default!r}"
             lines.append(f"    {f.name} ({_type_name(hints[f.name])}, {default}): {f.metadata.get('help', '')}")
+        if entry.dispatch:
+            lines.append("    ... and the options of the scorer it picks")
     return "\n".join(lines)
 
 
