@@ -342,17 +342,40 @@ def test_prm_options_go_to_the_chosen_family(qwen_prm):
     assert build_scorer("prm", model=str(qwen_prm[0]), format="prm-qwen").input_format == "qwen2.5-math-prm"
 
 
+def test_weights_decide_when_the_config_names_a_plain_lm(tmp_path, skywork_prm, rlhflow_prm):
+    path, config, weights, tok = skywork_prm
+    write_checkpoint(tmp_path / "sky", {**config, "architectures": ["Qwen2ForCausalLM"]}, weights, tok)
+    fmt, why = detect_prm_format(str(tmp_path / "sky"))
+    assert fmt == "skywork-o1-prm" and "v_head" in why
+    # A Skywork checkpoint served as a chat LM would drop its value head: refused.
+    with pytest.raises(ValueError, match=r"unexpected 2 weight\(s\): v_head\.summary\.bias"):
+        build_scorer("prm", model=str(tmp_path / "sky"), format="rlhflow-prm")
+    # A chat LM of another family (a policy passed by mistake?) is not guessed at.
+    path, config, weights, _ = rlhflow_prm
+    write_checkpoint(tmp_path / "chat", config, weights, qwen_tokenizer())
+    with pytest.raises(ValueError, match="Is it a policy rather than a PRM"):
+        detect_prm_format(str(tmp_path / "chat"))
+
+
+def test_a_missing_lm_weight_is_refused(tmp_path, rlhflow_prm):
+    path, config, weights, tok = rlhflow_prm
+    write_checkpoint(tmp_path, config, {k: v for k, v in weights.items() if k != "lm_head.weight"}, tok)
+    with pytest.raises(ValueError, match=r"missing 1 weight\(s\): lm_head\.weight"):
+        build_scorer("prm", model=str(tmp_path))
+
+
 def test_a_skywork_checkpoint_is_not_taken_for_qwen(skywork_prm):
     with pytest.raises(ValueError, match=r"unexpected 2 weight\(s\): v_head\.summary\.bias"):
         build_scorer("prm", model=str(skywork_prm[0]), format="qwen2.5-math-prm")
 
 
 def test_an_unknown_architecture_fails_the_server_before_it_serves(tmp_path, qwen_prm):
-    model = _broken(tmp_path / "ckpt", qwen_prm, architecture="BertForMaskedLM")
+    head = ["score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"]
+    model = _broken(tmp_path / "ckpt", qwen_prm, architecture="BertForMaskedLM", drop=head)
     proc = subprocess.run(
         [sys.executable, "-m", "reward_server.cli", "--scorer", "prm", "--model", model, "--port", "0",
          "--metrics-port", "-1", "--ready-file", str(tmp_path / "ready.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and not (tmp_path / "ready.json").exists()
-    assert "BertForMaskedLM" in proc.stderr and "no PRM format rpp knows" in proc.stderr
+    assert "BertForMaskedLM" in proc.stderr and "matches no PRM format rpp knows" in proc.stderr

@@ -102,17 +102,53 @@ def place(model: PreTrainedModel, config: HFServingConfig) -> PreTrainedModel:
     return model.eval()
 
 
-def load_model(auto_class: Any, config: HFServingConfig) -> PreTrainedModel:
-    """Load ``config.model`` with ``auto_class`` (an ``AutoModelFor...``), in eval mode on its device."""
+# Weights of a PRM head that an LM class would silently drop: the checkpoint is another
+# format (Skywork's value head, Qwen2.5-Math-PRM's score MLP).
+PRM_HEAD_PREFIXES = ("v_head.", "score.")
+
+
+def load_model(auto_class: Any, config: HFServingConfig, foreign: tuple[str, ...] = ()) -> PreTrainedModel:
+    """Load ``config.model`` with ``auto_class`` (an ``AutoModelFor...``), in eval mode on its device.
+
+    Refuses a checkpoint with missing or mis-shaped weights (transformers would fill them
+    with random values and only log it), or with unexpected weights under ``foreign``."""
     kwargs = from_pretrained_kwargs(config)
     try:
-        model = auto_class.from_pretrained(config.model, trust_remote_code=config.trust_remote_code, **kwargs)
+        model, info = auto_class.from_pretrained(
+            config.model, trust_remote_code=config.trust_remote_code, output_loading_info=True,
+            ignore_mismatched_sizes=True, **kwargs,
+        )
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"could not load {auto_class.__name__} from {config.model!r}: {exc}. "
             "Pass --model a directory written by save_pretrained (config.json + weights)."
         ) from exc
+    check_loading_info(info, config.model, type(model).__name__, foreign)
     return place(model, config)
+
+
+def check_loading_info(info: dict, path: str, class_name: str, foreign: tuple[str, ...] = (), hint: str = "") -> None:
+    """Raise naming the missing, mis-shaped and ``foreign`` unexpected weights, if any."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing {_key_list(info['missing_keys'])}")
+    unexpected = [k for k in info["unexpected_keys"] if k.startswith(foreign)] if foreign else []
+    if unexpected:
+        problems.append(f"unexpected {_key_list(unexpected)}")
+    if info["mismatched_keys"]:
+        shapes = [f"{key} (checkpoint {tuple(ckpt)}, expected {tuple(want)})"
+                  for key, ckpt, want in sorted(info["mismatched_keys"])]
+        problems.append("mis-shaped " + ", ".join(shapes[:8]))
+    if problems:
+        raise ValueError(
+            f"{path!r} does not hold {class_name} weights: {'; '.join(problems)}." + (f" {hint}" if hint else
+            " Check --model, and the scorer or format (--option format=...) for this checkpoint.")
+        )
+
+
+def _key_list(keys: object) -> str:
+    names = sorted(keys)  # type: ignore[call-overload]
+    return f"{len(names)} weight(s): " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def max_input_length(model: PreTrainedModel, config: HFServingConfig) -> int:

@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from reward_server.scorers.hf_common import (
+    PRM_HEAD_PREFIXES,
     Encoded,
     HFModelConfig,
     HFScorer,
@@ -188,7 +189,7 @@ class StepTagCausalLMPRM(_StepMarkerPRM):
     input_format = "math-shepherd"
 
     def __init__(self, config: StepTagCausalLMConfig):
-        model = load_model(AutoModelForCausalLM, config)
+        model = load_model(AutoModelForCausalLM, config, foreign=PRM_HEAD_PREFIXES)
         super().__init__(config, model, load_tokenizer(config))
         self.config: StepTagCausalLMConfig = config
         self.step_separator = config.step_separator
@@ -214,20 +215,29 @@ class StepTagCausalLMPRM(_StepMarkerPRM):
 class NextTokenLogits:
     """A causal LM's logits at the masked positions only, ``[N, vocab]``.
 
-    transformers 5 projects only the masked positions onto the vocabulary when given a
-    boolean ``logits_to_keep``, instead of building a ``[B, T, vocab]`` tensor."""
+    Recent transformers (those with ``modeling_utils.slice_logits_to_keep``, 5.22 on)
+    project only the masked positions onto the vocabulary when given a boolean
+    ``logits_to_keep``, instead of building a ``[B, T, vocab]`` tensor; older ones slice
+    ``logits_to_keep`` differently, so they (and models spread over several devices) get
+    the full logits, masked."""
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
+        devices = set(getattr(model, "hf_device_map", {}).values())
         self.keep_mask = (
-            int(transformers.__version__.split(".")[0]) >= 5
+            hasattr(transformers.modeling_utils, "slice_logits_to_keep")
             and "logits_to_keep" in inspect.signature(model.forward).parameters
+            and len(devices) <= 1
         )
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.keep_mask:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=mask).logits
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[mask]
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=mask).logits
+            if logits.dim() == 2 and logits.shape[0] == int(mask.sum()):
+                return logits
+            self.keep_mask = False  # this model slices logits_to_keep its own way
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[mask.to(logits.device)]
 
 
 def _step_tag_id(tokenizer: PreTrainedTokenizerBase, tag: str, override: int | None) -> int:

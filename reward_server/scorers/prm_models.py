@@ -23,7 +23,12 @@ import torch
 from torch import nn
 from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
 
-from reward_server.scorers.hf_common import HFServingConfig, from_pretrained_kwargs, place
+from reward_server.scorers.hf_common import (
+    HFServingConfig,
+    check_loading_info,
+    from_pretrained_kwargs,
+    place,
+)
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -105,25 +110,9 @@ def load_released_prm(model_class: type[Qwen2PreTrainedModel], config: HFServing
         )
     except (OSError, ValueError) as exc:
         raise ValueError(f"could not load the {name} weights from {config.model!r}: {exc}") from exc
-    problems = []
-    if info["missing_keys"]:
-        problems.append(f"missing {_keys(info['missing_keys'])}")
-    if info["unexpected_keys"]:
-        problems.append(f"unexpected {_keys(info['unexpected_keys'])}")
-    if info["mismatched_keys"]:
-        shapes = [f"{key} (checkpoint {tuple(ckpt)}, expected {tuple(want)})"
-                  for key, ckpt, want in sorted(info["mismatched_keys"])]
-        problems.append("mis-shaped " + ", ".join(shapes))
-    if problems:
-        raise ValueError(
-            f"{config.model!r} does not hold {name} weights: {'; '.join(problems)}. The released layout "
-            f"is model.* (a Qwen2Model) plus {model_class.released_head}; check --model and the format "
-            "(--option format=...)"
-        )
+    check_loading_info(
+        info, config.model, name, foreign=("",),
+        hint=f"The released layout is model.* (a Qwen2Model) plus {model_class.released_head}; check --model "
+             "and the format (--option format=...)",
+    )
     return place(model, config)
-
-
-def _keys(keys: object) -> str:
-    names = sorted(keys)  # type: ignore[call-overload]
-    shown = ", ".join(names[:8])
-    return f"{len(names)} weight(s): {shown}" + (", ..." if len(names) > 8 else "")

@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from reward_server.scorers.hf_common import (
+    PRM_HEAD_PREFIXES,
     HFServingConfig,
     load_model,
     load_tokenizer,
@@ -133,7 +134,7 @@ class RLHFlowPRM(ProcessHFScorer):
         _require_chat_template(tokenizer, config, "RLHFlow PRM")
         if not tokenizer.is_fast:
             raise ValueError(f"the RLHFlow format needs a fast tokenizer (tokenizer.json) in {config.model!r}")
-        model = load_model(AutoModelForCausalLM, config)
+        model = load_model(AutoModelForCausalLM, config, foreign=PRM_HEAD_PREFIXES)
         super().__init__(config, model, tokenizer)
         self.config: RLHFlowPRMConfig = config
         self.step_separator = config.step_separator
