@@ -26,6 +26,14 @@ without limit.
 Failure isolation: if the scorer raises, or breaks its contract (wrong number of
 results, wrong ids), every sample of that batch gets a SCORER_FAILED error and the
 batcher carries on. A result with a NaN or missing score gets BAD_SCORE.
+
+Stuck scorers: a scorer call that outlives ``scorer_timeout_s`` is abandoned: its samples
+get TIMEOUT errors at once and the batcher counts the scorer as stuck until the call
+returns (``on_stuck(True)``, then ``on_stuck(False)``; the server turns that into health
+NOT_SERVING). While it is stuck, queued and new work is refused with ScorerStuck (the
+server answers UNAVAILABLE, so clients retry on another replica) instead of waiting behind
+a call that may never end. A scorer with ``max_concurrent_batches`` > 1 (a worker pool)
+gets that many batches at once, so one slow batch does not hold up the next.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reward_server.scorers.base import Scorer
+from reward_server.scorers.results import short_repr
 from reward_server.types import Result, RewardKind, Sample, SampleError
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ class BatchingConfig:
     max_batch_cost: int = 262_144  # in Scorer.cost units (UTF-8 bytes by default)
     max_wait_ms: float = 0.0  # 0: continuous batching, an idle scorer never waits for a batch to fill
     max_queue: int = 4096  # samples waiting for a batch, across all callers
+    scorer_timeout_s: float = 120.0  # one scorer call; then its samples get TIMEOUT (0: no limit)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_samples", "max_batch_cost", "max_queue"):
@@ -57,6 +67,8 @@ class BatchingConfig:
                 raise ValueError(f"BatchingConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"BatchingConfig.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.scorer_timeout_s < 0:
+            raise ValueError(f"BatchingConfig.scorer_timeout_s must be >= 0 (0: no limit), got {self.scorer_timeout_s}")
 
 
 class QueueFull(Exception):
@@ -65,6 +77,10 @@ class QueueFull(Exception):
 
 class BatcherClosed(Exception):
     """The batcher is draining and accepts no new work."""
+
+
+class ScorerStuck(Exception):
+    """A scorer call outlived its timeout and has not returned; no work is taken meanwhile."""
 
 
 # Called after every scorer batch: (number of samples, total cost, seconds in the scorer).
@@ -108,9 +124,10 @@ class _ScorerThread:
         future = asyncio.run_coroutine_threadsafe(self._scorer.score(samples), self._loop)
         return await asyncio.wrap_future(future)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        if wait:
+            self._thread.join(timeout=10)
 
 
 def check_results(samples: list[Sample], results: object, kind: RewardKind) -> list[Result]:
@@ -163,10 +180,20 @@ def _score_problem(sample: Sample, result: Result, kind: RewardKind) -> str | No
 class DynamicBatcher:
     """Merges concurrent ``submit`` calls into scorer batches. Construct inside its event loop."""
 
-    def __init__(self, scorer: Scorer, config: BatchingConfig, on_batch: BatchObserver | None = None):
+    def __init__(
+        self,
+        scorer: Scorer,
+        config: BatchingConfig,
+        on_batch: BatchObserver | None = None,
+        on_stuck: Callable[[bool], None] | None = None,
+    ):
         self._scorer = scorer
         self._config = config
         self._on_batch = on_batch
+        self._on_stuck = on_stuck
+        self._slots = asyncio.Semaphore(max(1, int(getattr(scorer, "max_concurrent_batches", 1))))
+        self._running: set[asyncio.Task] = set()  # batches being scored
+        self._abandoned: set[asyncio.Future] = set()  # scorer calls past their timeout
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_samples = 0  # samples in the queue not yet taken into a batch
         self._queued_cost = 0
@@ -178,6 +205,16 @@ class DynamicBatcher:
         self._worker = self._loop.create_task(self._work(), name="batcher")
 
     @property
+    def stuck(self) -> bool:
+        """A scorer call outlived ``scorer_timeout_s`` and is still running."""
+        return bool(self._abandoned)
+
+    @property
+    def calls_left_running(self) -> bool:
+        """A scorer call is still running (after ``close`` gave up waiting, or abandoned)."""
+        return bool(self._abandoned) or any(not t.done() for t in self._running)
+
+    @property
     def queue_depth(self) -> int:
         """Samples waiting for a batch (not counting the batch being scored)."""
         return self._queued_samples
@@ -186,6 +223,8 @@ class DynamicBatcher:
         """Score ``samples`` as part of whatever batches form; results in the same order."""
         if self._closed:
             raise BatcherClosed("the reward server is shutting down")
+        if self._abandoned:
+            raise ScorerStuck(self._stuck_message())
         if self._queued_samples + len(samples) > self._config.max_queue:
             raise QueueFull(
                 f"{self._queued_samples} samples are queued and {len(samples)} more would exceed "
@@ -209,13 +248,25 @@ class DynamicBatcher:
         return await request.future
 
     async def close(self) -> None:
-        """Refuse new work, finish what is queued, stop the scorer thread."""
+        """Refuse new work, finish what is queued, stop the scorer thread (a stuck call is
+        left behind: see ``stuck``)."""
         self._closed = True
         self._arrived.set()
         self._wake_filler()
-        await self._worker
+        if self._abandoned:
+            self._worker.cancel()  # it may wait for a slot a stuck call holds
+        await asyncio.gather(self._worker, return_exceptions=True)
+        if self._running:
+            await asyncio.wait(self._running)
         if self._runner is not None:
-            self._runner.stop()
+            self._runner.stop(wait=not self._abandoned)
+
+    def _stuck_message(self) -> str:
+        return (
+            f"the scorer {self._scorer.model_name!r} is stuck: a call has run past "
+            f"scorer_timeout_s={self._config.scorer_timeout_s:g} and not returned; this replica "
+            "reports NOT_SERVING until it does: retry on another replica"
+        )
 
     # ------------------------------------------------------------------ worker side
 
@@ -229,14 +280,21 @@ class DynamicBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-                idle = True
+                idle = not self._running  # work that arrives while a batch runs never waits
                 continue
             if idle and max_wait > 0 and not self._closed and not self._batch_is_full():
                 await self._wait_to_fill(self._queue[0].enqueued_at + max_wait)
             idle = False  # what queues while this batch is scored is taken at once afterwards
+            # Wait for a free slot (for most scorers: the previous batch to finish); what
+            # queues meanwhile joins this batch.
+            await self._slots.acquire()
             batch = self._take_batch()
-            if batch:
-                await self._score(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = self._loop.create_task(self._score(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _wait_to_fill(self, deadline: float) -> None:
         """An idle scorer waits until the batch is full, the batcher closes or ``deadline``."""
@@ -307,12 +365,20 @@ class DynamicBatcher:
             samples = [s for request, start, end in batch for s in request.samples[start:end]]
         loop = self._loop
         started = loop.time()
+        call = asyncio.ensure_future(
+            self._scorer.score(samples) if self._runner is None else self._runner.score(samples)
+        )
+        timeout = self._config.scorer_timeout_s or None
         try:
-            if self._runner is None:
-                scored = await self._scorer.score(samples)
-            else:
-                scored = await self._runner.score(samples)
+            scored = await asyncio.wait_for(asyncio.shield(call), timeout)
             results = check_results(samples, scored, self._scorer.kind)
+        except TimeoutError:
+            self._abandon(call)
+            message = (
+                f"the scorer {self._scorer.model_name!r} did not finish the batch holding this sample "
+                f"({len(samples)} samples) within scorer_timeout_s={timeout:g}"
+            )
+            results = [Result(id=s.id, error=SampleError("TIMEOUT", f"sample {short_repr(s.id)}: {message}")) for s in samples]
         except Exception as exc:  # the server must survive any scorer failure
             log.exception("scorer %r failed on a batch of %d samples", self._scorer.model_name, len(samples))
             message = (
@@ -320,6 +386,9 @@ class DynamicBatcher:
                 f"({len(samples)} samples): {type(exc).__name__}: {exc}"
             )
             results = [Result(id=s.id, error=SampleError("SCORER_FAILED", message)) for s in samples]
+        finally:
+            if call not in self._abandoned:
+                self._slots.release()
         elapsed = loop.time() - started
         offset = 0
         cost = 0
@@ -337,3 +406,28 @@ class DynamicBatcher:
                 request.future.set_result(request.results)  # type: ignore[arg-type]
         if self._on_batch is not None:
             self._on_batch(len(samples), cost, elapsed)
+
+    def _abandon(self, call: asyncio.Future) -> None:
+        """``call`` is past its timeout: answer nobody else until it returns."""
+        log.error("%s", self._stuck_message())
+        self._abandoned.add(call)
+        if len(self._abandoned) == 1 and self._on_stuck is not None:
+            self._on_stuck(True)
+        # Work queued behind a call that may never end goes elsewhere now.
+        stuck = ScorerStuck(self._stuck_message())
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(stuck)
+        self._queued_samples = self._queued_cost = 0
+
+        def returned(done: asyncio.Future) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved: the batch was answered with TIMEOUT already
+            self._abandoned.discard(done)
+            self._slots.release()
+            log.warning("the scorer %r returned from a call abandoned after its timeout", self._scorer.model_name)
+            if not self._abandoned and self._on_stuck is not None:
+                self._on_stuck(False)
+
+        call.add_done_callback(returned)

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scorer counts otherwise; HF scorers also cap padded tokens per forward "
                         "(--option max_batch_tokens=N)")
     n.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
+    n.add_argument("--scorer-timeout-s", type=float, default=d.scorer_timeout_s,
+                   help="limit of one scorer call: past it its samples get TIMEOUT, health says NOT_SERVING "
+                        "and new calls get UNAVAILABLE until the call returns (0: no limit)")
     n.add_argument("--max-queue", type=int, default=d.max_queue)
     n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)
     n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
@@ -104,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port,
         max_batch_samples=args.max_batch_samples, max_batch_tokens=args.max_batch_tokens,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, scorer_timeout_s=args.scorer_timeout_s,
         max_samples_per_request=args.max_samples_per_request, max_sample_bytes=args.max_sample_bytes,
         max_message_bytes=args.max_message_bytes,
         token=os.environ.get(args.token_env) or None,
@@ -162,7 +165,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.exit_with_parent:
             exit_with_parent()
 
-    asyncio.run(serve(scorer, config, on_ready))
+    stuck = asyncio.run(serve(scorer, config, on_ready))
+    close = getattr(scorer, "close", None)
+    if callable(close):
+        close()  # worker processes
+    if stuck:
+        # A thread stuck in the scorer would keep the interpreter from exiting (it joins its
+        # threads at exit), so SIGTERM would never end the process: leave without it.
+        log.warning("exiting with a scorer call still running (stuck, or past the grace period)")
+        logging.shutdown()
+        os._exit(0)
     sys.exit(0)
 
 

@@ -27,7 +27,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reward_server import convert
-from reward_server.batching import BatcherClosed, BatchingConfig, DynamicBatcher, QueueFull
+from reward_server.batching import (
+    BatcherClosed,
+    BatchingConfig,
+    DynamicBatcher,
+    QueueFull,
+    ScorerStuck,
+)
 from reward_server.metrics import ServerMetrics
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
@@ -52,6 +58,9 @@ class ServerConfig:
     # the scorer was busy never waits.
     max_wait_ms: float = 0.0
     max_queue: int = 4096  # queued samples before RESOURCE_EXHAUSTED
+    # One scorer call; past it the batch's samples get TIMEOUT and, until the call returns,
+    # health says NOT_SERVING and new calls get UNAVAILABLE (0: no limit).
+    scorer_timeout_s: float = 120.0
     max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
     max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
     max_message_bytes: int = 64 << 20  # gRPC receive/send limit; advertised in GetInfo
@@ -75,7 +84,9 @@ class ServerConfig:
             raise ValueError("ServerConfig: mTLS (tls_client_ca_file) also needs tls_cert_file and tls_key_file")
 
     def batching(self) -> BatchingConfig:
-        return BatchingConfig(self.max_batch_samples, self.max_batch_tokens, self.max_wait_ms, self.max_queue)
+        return BatchingConfig(
+            self.max_batch_samples, self.max_batch_tokens, self.max_wait_ms, self.max_queue, self.scorer_timeout_s
+        )
 
     def grpc_options(self) -> list[tuple[str, int]]:
         return [
@@ -161,7 +172,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             scored = await self._batcher.submit(accepted) if accepted else []
         except QueueFull as exc:
             raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server overloaded: {exc}") from None
-        except BatcherClosed as exc:
+        except (BatcherClosed, ScorerStuck) as exc:
             raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         if rejected:
             rest = iter(scored)
@@ -188,7 +199,9 @@ class RewardServer:
     async def start(self) -> None:
         cfg = self.config
         self.metrics = ServerMetrics(queue_depth=lambda: self._batcher.queue_depth)
-        self._batcher = DynamicBatcher(self.scorer, cfg.batching(), on_batch=self.metrics.observe_batch)
+        self._batcher = DynamicBatcher(
+            self.scorer, cfg.batching(), on_batch=self.metrics.observe_batch, on_stuck=self._scorer_stuck
+        )
         interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
         self._server = grpc.aio.server(options=cfg.grpc_options(), interceptors=interceptors)
         self.servicer = RewardServicer(self.scorer, cfg, self._batcher, self.metrics)
@@ -212,6 +225,23 @@ class RewardServer:
             self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    @property
+    def scorer_stuck(self) -> bool:
+        """A scorer call outlived its timeout and has not returned."""
+        return self._batcher.stuck
+
+    @property
+    def scorer_calls_left_running(self) -> bool:
+        return self._batcher.calls_left_running
+
+    def _scorer_stuck(self, stuck: bool) -> None:
+        """Health follows the scorer: NOT_SERVING while a call is stuck past its timeout."""
+        if self.servicer.draining:
+            return
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if stuck else health_pb2.HealthCheckResponse.SERVING
+        for service in ("", SERVICE_NAME):
+            asyncio.ensure_future(self._health.set(service, status))
 
     async def drain(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace_s``, close."""
@@ -284,8 +314,11 @@ def start_in_thread(scorer: Scorer, config: ServerConfig | None = None) -> Serve
     return ServerHandle(server, loop, thread)
 
 
-async def serve(scorer: Scorer, config: ServerConfig, on_ready=None) -> None:
-    """Run a server until SIGTERM/SIGINT, then drain. ``on_ready(server)`` runs once serving."""
+async def serve(scorer: Scorer, config: ServerConfig, on_ready=None) -> bool:
+    """Run a server until SIGTERM/SIGINT, then drain. ``on_ready(server)`` runs once serving.
+
+    Returns whether a scorer call was still running at the end, stuck or past the grace
+    period (the caller should then exit without waiting for the thread it holds)."""
     server = RewardServer(scorer, config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -295,3 +328,4 @@ async def serve(scorer: Scorer, config: ServerConfig, on_ready=None) -> None:
     if on_ready is not None:
         on_ready(server)
     await server.wait_closed()
+    return server.scorer_calls_left_running

@@ -25,6 +25,10 @@ class Scorer(abc.ABC):
     # heavy work to a thread or process pool themselves) run on the server's loop and
     # skip that hand-off.
     blocking: bool = True
+    # How many batches the server may have in this scorer at once. 1 for a model (one
+    # forward at a time); a scorer backed by a pool of workers sets its pool size, so a
+    # slow sample in one batch does not hold up the batches behind it.
+    max_concurrent_batches: int = 1
 
     @abc.abstractmethod
     async def score(self, samples: list[Sample]) -> list[Result]:

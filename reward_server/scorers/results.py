@@ -6,6 +6,8 @@ to do, so one bad sample never fails the batch it came in.
 
 from __future__ import annotations
 
+import reprlib
+
 from reward_server.steps import span_text
 from reward_server.types import Result, Sample, SampleError, Span
 
@@ -13,6 +15,20 @@ INVALID_SAMPLE = "INVALID_SAMPLE"  # the request is wrong: bad spans, too long, 
 SCORER_FAILED = "SCORER_FAILED"  # the scorer could not score it: an exception, a dead worker
 BAD_SCORE = "BAD_SCORE"  # a user function returned something that is not a valid score
 TIMEOUT = "TIMEOUT"  # scoring took longer than the scorer's time limit
+
+
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxstring = _SHORT.maxother = 72
+_SHORT.maxlist = _SHORT.maxtuple = 8
+_SHORT.maxdict, _SHORT.maxlevel = 4, 2
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote client data and
+    user values, and a quoted 12,000-character id or a huge list must not make the
+    message (a gRPC trailer, a log line) too big to deliver."""
+    text = _SHORT.repr(value)  # reprlib: a huge list or string is never rendered in full
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def error_result(sample_id: str, code: str, message: str) -> Result:

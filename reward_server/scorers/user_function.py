@@ -7,15 +7,29 @@ or ``"path/to/file.py:function"``. Signatures:
 - process: ``f(sample: Sample, steps: list[str]) -> list[float]``, one score per step
   text; steps are the sample's spans, or the response split on ``step_separator``.
 
-The function may be ``async def`` (awaited on the event loop, so it must not block) or a
-plain ``def`` (run in a worker thread, so it may block on I/O). Samples of a batch are
-scored concurrently. An exception, a non-number, a bool, NaN or infinity, or a wrong
-number of step scores becomes a per-sample error naming the sample and the function.
+The function may be ``async def`` or a plain ``def``. Where it runs (``isolation``):
+
+- ``process`` (default): in ``workers`` spawned worker processes (``reward_server.workers``),
+  one sample at a time per worker, each worker with its own event loop for ``async def``
+  functions. A call that takes longer than ``timeout_s`` gets its worker killed and
+  replaced, and that sample a TIMEOUT error; the other samples, and other callers, go on.
+  A function that never returns, blocks its event loop or crashes the interpreter costs
+  one worker for ``timeout_s``, never the replica. Each worker imports the function once,
+  so module-level state (a loaded model, a client session) is per worker.
+- ``thread``: in the server process, as before: sync functions in threads, ``async def``
+  awaited on the scorer's event loop, every sample of a batch at once. Use it for a
+  function that must share in-process state; a stuck call cannot be killed there (the
+  server's ``--scorer-timeout-s`` answers its callers with TIMEOUT and health goes
+  NOT_SERVING until it returns).
+
+An exception, a non-number, a bool, NaN or infinity, or a wrong number of step scores
+becomes a per-sample error naming the sample and the function (quoted values cut short).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import importlib.util
 import inspect
@@ -28,9 +42,19 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.scorers.base import Scorer
-from reward_server.scorers.results import BAD_SCORE, SCORER_FAILED, error_result, step_texts
+from reward_server.scorers.results import (
+    BAD_SCORE,
+    SCORER_FAILED,
+    TIMEOUT,
+    error_result,
+    short_repr,
+    step_texts,
+)
 from reward_server.steps import split_steps
 from reward_server.types import Result, RewardKind, Sample, StepScore
+from reward_server.workers import TaskFailed, TaskTimeout, WorkerPool
+
+ISOLATIONS = ("process", "thread")
 
 
 @dataclass
@@ -38,6 +62,9 @@ class UserFunctionConfig:
     function: str = field(metadata={"help": "'package.module:function' or 'path/to/file.py:function'"})
     kind: str = field(default="outcome", metadata={"help": "'outcome' (returns a float) or 'process' (a float per step)"})
     step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps (process)"})
+    isolation: str = field(default="process", metadata={"help": "'process': worker processes, a stuck call is killed after timeout_s; 'thread': in the server process"})
+    workers: int = field(default=4, metadata={"help": "worker processes (isolation=process): samples scored at once"})
+    timeout_s: float = field(default=30.0, metadata={"help": "seconds one sample may take (isolation=process) before its worker is killed"})
 
 
 def load_function(spec: str) -> Callable[..., Any]:
@@ -83,26 +110,49 @@ def _as_score(value: Any) -> float | None:
 
 class UserFunctionScorer(Scorer):
     """Outcome or process reward computed by a user's Python function (sync or async)."""
-    blocking = False  # sync functions run in a thread; async ones must not block
+    blocking = False  # the function runs in worker processes or threads, never on the loop
 
-    def __init__(self, spec: str, kind: RewardKind | str = RewardKind.OUTCOME, step_separator: str = "\n\n"):
+    def __init__(
+        self,
+        spec: str,
+        kind: RewardKind | str = RewardKind.OUTCOME,
+        step_separator: str = "\n\n",
+        isolation: str = "process",
+        workers: int = 4,
+        timeout_s: float = 30.0,
+    ):
         try:
             self.kind = kind if isinstance(kind, RewardKind) else RewardKind(kind)
         except ValueError:
             raise ValueError(f"kind {kind!r} is not one of 'outcome', 'process'") from None
         if not step_separator:
             raise ValueError("step_separator must be a non-empty string")
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation {isolation!r} is not one of {', '.join(map(repr, ISOLATIONS))}")
+        if workers < 1 or not timeout_s > 0:
+            raise ValueError(f"workers must be >= 1 and timeout_s > 0 (got {workers}, {timeout_s})")
+        # Imported here too, so a bad spec fails at start-up with a clear message.
         self.function = function = load_function(spec)
         self.spec = spec
         self.model_name = spec
         self.step_separator = step_separator
-        self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-            type(function).__call__  # an instance with ``async def __call__``
+        self.timeout_s = timeout_s
+        self._is_async = _is_async(function)
+        self._pool = WorkerPool(workers, make_handler, (_absolute_spec(spec),), name="user-function") if isolation == "process" else None
+        # Batches go to free workers while another batch waits for a slow sample.
+        self.max_concurrent_batches = workers if self._pool is not None else 1
+        self._threads = (
+            concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="user-function") if self._pool is None else None
         )
 
     @classmethod
     def from_config(cls, config: UserFunctionConfig) -> UserFunctionScorer:
-        return cls(config.function, config.kind, config.step_separator)
+        return cls(config.function, config.kind, config.step_separator, config.isolation, config.workers, config.timeout_s)
+
+    def close(self) -> None:
+        """Stop the worker processes (also done at exit)."""
+        if self._pool is not None:
+            self._pool.close()
 
     async def score(self, samples: list[Sample]) -> list[Result]:
         return list(await asyncio.gather(*(self._score_one(s) for s in samples)))
@@ -117,25 +167,36 @@ class UserFunctionScorer(Scorer):
         else:
             args = (sample,)
         try:
-            if self._is_async:
-                value = await self.function(*args)
-            else:
-                value = await asyncio.to_thread(self.function, *args)
-                if inspect.isawaitable(value):  # e.g. a functools.partial of an async function
-                    value = await value
-        except Exception as exc:  # noqa: BLE001 - the user's bug is reported per sample
-            return error_result(sample.id, SCORER_FAILED, f"sample {sample.id!r}: user function {self.spec!r} raised {exc!r}")
+            value = await self._call(args)
+        except TaskTimeout as exc:
+            return error_result(sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: user function {self.spec!r} {exc}")
+        except (TaskFailed, Exception) as exc:  # noqa: BLE001 - the user's bug is reported per sample
+            detail = str(exc) if isinstance(exc, TaskFailed) else f"{type(exc).__name__}: {exc}"
+            return error_result(
+                sample.id, SCORER_FAILED, f"sample {short_repr(sample.id)}: user function {self.spec!r} raised {detail[:500]}"
+            )
         if self.kind is RewardKind.OUTCOME:
             return self._outcome_result(sample, value)
         return self._process_result(sample, spans, value)
+
+    async def _call(self, args: tuple) -> Any:
+        if self._pool is not None:
+            return await self._pool.run(args, self.timeout_s)
+        if self._is_async:
+            return await self.function(*args)
+        # Its own executor, not the loop's default one, which asyncio.run() waits for at exit.
+        value = await asyncio.get_running_loop().run_in_executor(self._threads, self.function, *args)
+        if inspect.isawaitable(value):  # e.g. a functools.partial of an async function
+            value = await value
+        return value
 
     def _outcome_result(self, sample: Sample, value: Any) -> Result:
         score = _as_score(value)
         if score is None:
             return error_result(
                 sample.id, BAD_SCORE,
-                f"sample {sample.id!r}: user function {self.spec!r} returned {value!r}; an outcome "
-                "function must return one finite number",
+                f"sample {short_repr(sample.id)}: user function {self.spec!r} returned {short_repr(value)}; "
+                "an outcome function must return one finite number",
             )
         return Result(id=sample.id, outcome=score)
 
@@ -143,13 +204,13 @@ class UserFunctionScorer(Scorer):
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
             return error_result(
                 sample.id, BAD_SCORE,
-                f"sample {sample.id!r}: user function {self.spec!r} returned {type(value).__name__} "
-                f"{value!r:.80}; a process function must return a list of floats, one per step",
+                f"sample {short_repr(sample.id)}: user function {self.spec!r} returned {type(value).__name__} "
+                f"{short_repr(value)}; a process function must return a list of floats, one per step",
             )
         if len(value) != len(spans):
             return error_result(
                 sample.id, BAD_SCORE,
-                f"sample {sample.id!r}: user function {self.spec!r} returned {len(value)} step "
+                f"sample {short_repr(sample.id)}: user function {self.spec!r} returned {len(value)} step "
                 f"scores for {len(spans)} steps; return exactly one per step",
             )
         scores = [_as_score(v) for v in value]
@@ -157,7 +218,7 @@ class UserFunctionScorer(Scorer):
             if score is None:
                 return error_result(
                     sample.id, BAD_SCORE,
-                    f"sample {sample.id!r}: user function {self.spec!r} returned {raw!r} for step "
+                    f"sample {short_repr(sample.id)}: user function {self.spec!r} returned {short_repr(raw)} for step "
                     f"{k}; every step score must be a finite number",
                 )
         return Result(
@@ -165,3 +226,35 @@ class UserFunctionScorer(Scorer):
             steps=[StepScore(span, score) for span, score in zip(spans, scores, strict=True)],
             metrics={"num_steps": float(len(spans))},
         )
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        type(function).__call__  # an instance with ``async def __call__``
+    )
+
+
+def _absolute_spec(spec: str) -> str:
+    """``spec`` with a file path made absolute, so workers find it whatever their cwd."""
+    location, _, name = spec.rpartition(":")
+    if location.endswith(".py"):
+        return f"{Path(location).expanduser().resolve()}:{name}"
+    return spec
+
+
+def make_handler(spec: str) -> Callable[..., Any]:
+    """Runs in each worker process: load the function once, return what calls it."""
+    function = load_function(spec)
+    loop = asyncio.new_event_loop()  # one per worker, so async clients and sessions persist
+
+    def call(*args: Any) -> Any:
+        value = function(*args)
+        if inspect.isawaitable(value):
+            value = loop.run_until_complete(_awaited(value))
+        return value
+
+    return call
+
+
+async def _awaited(value: Any) -> Any:
+    return await value

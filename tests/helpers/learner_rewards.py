@@ -62,7 +62,9 @@ async def digit_share_marked_slow(sample: Sample) -> float:
     """Outcome for replica processes that tests kill mid-request: leaves a marker file
     ``<pid>-<sample id>`` in $RPP_TEST_MARK_DIR when the sample arrives, then takes 0.3 s."""
     mark_dir = Path(os.environ["RPP_TEST_MARK_DIR"])
-    (mark_dir / f"{os.getpid()}-{sample.id}").touch()
+    # User functions run in worker processes of the replica (isolation=process): its pid is
+    # the worker's parent.
+    (mark_dir / f"{os.getppid()}-{sample.id}").touch()
     await asyncio.sleep(0.3)
     return digit_share(sample)
 
