@@ -46,8 +46,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
-from reward_server.scorers.results import short_repr
 from reward_server.types import Result, RewardKind, Sample, SampleError
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def check_results(samples: list[Sample], results: object, kind: RewardKind) -> l
     for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
         if not isinstance(result, Result) or result.id != sample.id:
             got = repr(result.id) if isinstance(result, Result) else type(result).__name__
-            raise ValueError(f"scorer result {i} has id {got}, expected {sample.id!r}; results must keep the sample order")
+            raise ValueError(f"scorer result {i} has id {got}, expected {short_repr(sample.id)}; results must keep the sample order")
         if result.error is not None:
             continue
         if outcome_kind and result.outcome is not None and isfinite(result.outcome):
@@ -155,7 +155,7 @@ def check_results(samples: list[Sample], results: object, kind: RewardKind) -> l
             if checked is results:
                 checked = list(results)  # copy on the first bad score; never change the scorer's list
             checked[i] = Result(id=sample.id, metrics=result.metrics,
-                                error=SampleError("BAD_SCORE", f"sample {sample.id!r}: {problem}"))
+                                error=SampleError("BAD_SCORE", f"sample {short_repr(sample.id)}: {problem}"))
     return checked
 
 

@@ -35,6 +35,7 @@ import grpc
 from reward_server import convert
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
+from reward_server.quoting import short_repr
 from reward_server.security import TLSConfig, bearer_metadata, channel_credentials
 from reward_server.types import Result, Sample, ServiceInfo
 
@@ -133,7 +134,7 @@ def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: in
         n = msg.ByteSize() + _FRAMING_BYTES
         if n > budget:
             raise ValueError(
-                f"sample {msg.id!r} is {n} bytes serialized, over the server's advertised "
+                f"sample {short_repr(msg.id)} is {n} bytes serialized, over the server's advertised "
                 f"max_request_bytes ({max_bytes}); shorten it or raise the server's --max-message-bytes"
             )
         if chunk and (len(chunk) == max_samples or size + n > budget):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from reward_server.proto import reward_pb2 as pb
+from reward_server.quoting import short_repr
 from reward_server.types import (
     Result,
     RewardKind,
@@ -41,7 +42,7 @@ class InvalidRequest(ValueError):
 
 
 def _where(index: int, sample_id: str) -> str:
-    return f"samples[{index}] (id={sample_id!r})"
+    return f"samples[{index}] (id={short_repr(sample_id)})"
 
 
 def _is_char_boundary(data: bytes, offset: int) -> bool:
@@ -121,7 +122,7 @@ def _parse_in_order(msgs) -> list[Sample]:
             raise InvalidRequest(f"samples[{i}].id: missing; every sample needs a unique non-empty id")
         if msg.id in first_index:
             raise InvalidRequest(
-                f"samples[{i}].id: {msg.id!r} duplicates samples[{first_index[msg.id]}].id; "
+                f"samples[{i}].id: {short_repr(msg.id)} duplicates samples[{first_index[msg.id]}].id; "
                 "ids must be unique within a request"
             )
         first_index[msg.id] = i

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -37,12 +38,14 @@ from reward_server.batching import (
 from reward_server.metrics import ServerMetrics
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
+from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.security import BearerTokenInterceptor, TLSConfig, server_credentials
 from reward_server.types import Result, RewardKind, ServiceInfo
 
 log = logging.getLogger(__name__)
 
+_STEPS_OFF_LOOP = 20_000  # responses with more steps are built off the event loop
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 VERSION = "rpp 0.1.0"
 
@@ -115,6 +118,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._refusals = RateLimitedLog(log, per_s=10.0, burst=10)
 
     def info(self) -> ServiceInfo:
         return ServiceInfo(
@@ -134,6 +138,30 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._metrics.requests.labels("GetInfo", "OK").inc()
         return convert.info_to_proto(self.info())
 
+    async def score_bytes(self, raw: bytes, context) -> pb.ScoreResponse:
+        """Score, parsing the request here: a payload that is no ScoreRequest (garbage, or a
+        string that is not valid UTF-8, as protobufjs writes for a lone surrogate) gets
+        INVALID_ARGUMENT naming the problem, not grpc's UNKNOWN and a logged traceback."""
+        try:
+            request = pb.ScoreRequest.FromString(raw)
+        except DecodeError as exc:
+            self._metrics.requests.labels("Score", "INVALID_ARGUMENT").inc()
+            details = (
+                f"the request is not a valid rpp.reward.v1.ScoreRequest ({len(raw)} bytes): {short_repr(str(exc), 200)}; "
+                "serialize a ScoreRequest, with every string valid UTF-8"
+            )
+            self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+        return await self.Score(request, context)
+
+    async def info_bytes(self, raw: bytes, context) -> pb.GetInfoResponse:
+        try:
+            request = pb.GetInfoRequest.FromString(raw)
+        except DecodeError:
+            self._metrics.requests.labels("GetInfo", "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid rpp.reward.v1.GetInfoRequest")
+        return await self.GetInfo(request, context)
+
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         started = time.perf_counter()
         self._in_flight += 1
@@ -144,7 +172,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         except _RpcFailure as failure:
             code = failure.code.name
             if failure.code is grpc.StatusCode.INVALID_ARGUMENT:
-                log.warning("refused a Score request from %s: %s", context.peer(), failure.details)
+                self._refusals.warning("refused a Score request from %s: %s", context.peer(), failure.details)
             await context.abort(failure.code, failure.details)
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away or its deadline passed
@@ -177,10 +205,53 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if rejected:
             rest = iter(scored)
             scored = [Result(id=s.id, error=rejected[i]) if i in rejected else next(rest) for i, s in enumerate(samples)]
+        steps = 0
         for result in scored:
+            steps += len(result.steps)
             if result.error is not None:
                 self._metrics.sample_errors.labels(result.error.code).inc()
+        if steps > _STEPS_OFF_LOOP:
+            # Building a message of 340,000 steps takes about a second: in a thread, so the
+            # event loop (health, other calls) keeps getting the interpreter meanwhile.
+            return await asyncio.to_thread(convert.score_response, scored)
         return convert.score_response(scored)
+
+
+def add_reward_servicer(servicer: RewardServicer, server: grpc.aio.Server) -> None:
+    """``reward_pb2_grpc.add_RewardServiceServicer_to_server``, with the requests handed over
+    as bytes: the servicer parses them and answers a bad payload with INVALID_ARGUMENT."""
+    handlers = {
+        "Score": grpc.unary_unary_rpc_method_handler(
+            servicer.score_bytes, request_deserializer=None, response_serializer=pb.ScoreResponse.SerializeToString
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.info_bytes, request_deserializer=None, response_serializer=pb.GetInfoResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class RateLimitedLog:
+    """At most ``burst`` lines per ``per_s`` seconds, then one line saying how many were
+    dropped: a flood of bad requests must not flood the log."""
+
+    def __init__(self, logger: logging.Logger, per_s: float, burst: int):
+        self._log, self._per_s, self._burst = logger, per_s, burst
+        self._window_start = -float("inf")
+        self._count = self._dropped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self._per_s:
+            if self._dropped:
+                self._log.warning("... and %d more refused requests in the last %.0f s", self._dropped, self._per_s)
+            self._window_start, self._count, self._dropped = now, 0, 0
+        if self._count < self._burst:
+            self._count += 1
+            self._log.warning(message, *args)
+        else:
+            self._dropped += 1
 
 
 def _host_port(host: str, port: int) -> str:
@@ -205,7 +276,7 @@ class RewardServer:
         interceptors = [BearerTokenInterceptor(cfg.token)] if cfg.token else []
         self._server = grpc.aio.server(options=cfg.grpc_options(), interceptors=interceptors)
         self.servicer = RewardServicer(self.scorer, cfg, self._batcher, self.metrics)
-        reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self._server)
+        add_reward_servicer(self.servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -38,14 +38,25 @@ def split_steps(response: str, separator: str | re.Pattern[str] = "\n\n") -> lis
         pieces.append((char_start, match.start()))
         char_start = match.end()
     pieces.append((char_start, len(response)))
-    # Character offsets -> byte offsets with one pass over the prefix lengths.
+    # Character offsets -> byte offsets in one pass: each stretch of text is encoded once
+    # (ASCII text needs no encoding at all), so this is linear in the response.
+    ascii_only = response.isascii()
+    char_at, byte_at = 0, 0  # a character offset and its byte offset, moving forward
+
+    def to_bytes(char: int) -> int:
+        nonlocal char_at, byte_at
+        if not ascii_only:
+            byte_at += len(response[char_at:char].encode("utf-8"))
+            char_at = char
+            return byte_at
+        return char
+
     for start, end in pieces:
         visible = _WS.search(response, start, end)
         if visible is None:
             continue
-        b_start = len(response[: visible.start()].encode("utf-8"))
-        b_end = b_start + len(response[visible.start() : visible.end()].encode("utf-8"))
-        spans.append(Span(b_start, b_end))
+        b_start = to_bytes(visible.start())
+        spans.append(Span(b_start, to_bytes(visible.end())))
     return spans
 
 
@@ -60,3 +71,20 @@ def span_text(response: str, span: Span) -> str:
         raise ValueError(
             f"span [{span.start}, {span.end}) does not start and end on UTF-8 character boundaries"
         ) from exc
+
+
+def span_texts(response: str, spans: list[Span]) -> list[str]:
+    """The text of every span, encoding the response once (``span_text`` for each span
+    would encode it once per span). Raises ValueError naming the first bad span."""
+    data = response.encode("utf-8")
+    texts = []
+    for k, span in enumerate(spans):
+        if not (0 <= span.start <= span.end <= len(data)):
+            raise ValueError(f"step {k}: span [{span.start}, {span.end}) is outside the response ({len(data)} bytes)")
+        try:
+            texts.append(data[span.start : span.end].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"step {k}: span [{span.start}, {span.end}) does not start and end on UTF-8 character boundaries"
+            ) from None
+    return texts

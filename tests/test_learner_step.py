@@ -169,7 +169,7 @@ def test_each_generated_chunk_is_scored_while_the_next_ones_generate(tmp_path, p
     """Rewards for chunk 0 are requested as soon as it is decoded: the service has them
     before the last chunk has finished generating. Nothing is timed, only ordered."""
     ARRIVALS.clear()
-    with reward_services(outcome="digit_share_recording_arrival", process=False) as handles:
+    with reward_services(outcome="digit_share_recording_arrival", process=False, isolation="thread") as handles:
         cfg = build(run_config(
             tmp_path, policy_dir, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False},
             rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 1},

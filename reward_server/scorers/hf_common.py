@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.results import INVALID_SAMPLE, error_result
 from reward_server.types import Result, Sample, Span
@@ -299,7 +300,7 @@ class HFScorer(Scorer):
             elif len(encoded.input_ids) > self.max_length:
                 results[i] = error_result(
                     sample.id, INVALID_SAMPLE,
-                    f"sample {sample.id!r} is {len(encoded.input_ids)} tokens, over the scorer's "
+                    f"sample {short_repr(sample.id)} is {len(encoded.input_ids)} tokens, over the scorer's "
                     f"max_length {self.max_length}; shorten prompt/response or raise max_length",
                 )
             else:

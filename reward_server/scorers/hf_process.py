@@ -40,6 +40,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reward_server.quoting import short_repr
 from reward_server.scorers.hf_common import (
     PRM_HEAD_PREFIXES,
     Encoded,
@@ -109,7 +110,7 @@ class ProcessHFScorer(HFScorer):
         try:
             built = self.build_input(sample.prompt, texts)
         except InputFormatError as exc:
-            return error_result(sample.id, INVALID_SAMPLE, f"sample {sample.id!r}: {exc}")
+            return error_result(sample.id, INVALID_SAMPLE, f"sample {short_repr(sample.id)}: {exc}")
         assert len(built.read_positions) == len(spans), "build_input must give one position per step"
         return Encoded(built.input_ids, spans, built.read_positions)
 

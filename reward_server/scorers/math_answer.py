@@ -25,6 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from multiprocessing.pool import Pool
 
+from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.results import INVALID_SAMPLE, SCORER_FAILED, TIMEOUT, error_result
 from reward_server.types import Result, RewardKind, Sample
@@ -132,7 +133,7 @@ class MathAnswerScorer(Scorer):
             if sample.reference is None or not sample.reference.strip():
                 results[i] = error_result(
                     sample.id, INVALID_SAMPLE,
-                    f"sample {sample.id!r} has no reference answer; the math answer checker "
+                    f"sample {short_repr(sample.id)} has no reference answer; the math answer checker "
                     "compares the response's final answer with `reference`, so send one",
                 )
                 continue
@@ -163,15 +164,15 @@ class MathAnswerScorer(Scorer):
         if not future.done():
             future.cancel()
             return error_result(
-                sample.id, TIMEOUT, f"sample {sample.id!r}: answer check did not finish within "
+                sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: answer check did not finish within "
                 f"deadline_s={self.config.deadline_s}; the checker workers were restarted",
             )
         if future.exception() is not None:
-            return error_result(sample.id, SCORER_FAILED, f"sample {sample.id!r}: answer check failed: {future.exception()!r}")
+            return error_result(sample.id, SCORER_FAILED, f"sample {short_repr(sample.id)}: answer check failed: {future.exception()!r}")
         check: AnswerCheck = future.result()
         if not check.reference_found:
             return error_result(
-                sample.id, INVALID_SAMPLE, f"sample {sample.id!r}: math-verify found no answer in "
+                sample.id, INVALID_SAMPLE, f"sample {short_repr(sample.id)}: math-verify found no answer in "
                 f"reference {sample.reference!r}; send a number or LaTeX expression",
             )
         metrics = {"correct": float(check.correct), "answer_found": float(check.answer_found)}
@@ -180,7 +181,7 @@ class MathAnswerScorer(Scorer):
         if check.timed_out:
             if self.config.timeout_score is None:
                 return error_result(
-                    sample.id, TIMEOUT, f"sample {sample.id!r}: math-verify timed out after "
+                    sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: math-verify timed out after "
                     f"{self.config.timeout_s} s parsing or comparing the answer",
                 )
             metrics["timed_out"] = 1.0

@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.results import (
     BAD_SCORE,
     SCORER_FAILED,
     TIMEOUT,
     error_result,
-    short_repr,
     step_texts,
 )
 from reward_server.steps import split_steps
@@ -55,6 +55,7 @@ from reward_server.types import Result, RewardKind, Sample, StepScore
 from reward_server.workers import TaskFailed, TaskTimeout, WorkerPool
 
 ISOLATIONS = ("process", "thread")
+_SPLIT_OFF_LOOP_CHARS = 64 * 1024
 
 
 @dataclass
@@ -159,8 +160,12 @@ class UserFunctionScorer(Scorer):
 
     async def _score_one(self, sample: Sample) -> Result:
         if self.kind is RewardKind.PROCESS:
-            spans = sample.steps or split_steps(sample.response, self.step_separator)
-            texts = step_texts(sample, spans)
+            # Linear, but a 1 MB response of short steps still takes a fraction of a second:
+            # off the event loop, so health checks and other calls are answered meanwhile.
+            if len(sample.response) > _SPLIT_OFF_LOOP_CHARS:
+                spans, texts = await asyncio.to_thread(self._steps, sample)
+            else:
+                spans, texts = self._steps(sample)
             if isinstance(texts, Result):
                 return texts
             args: tuple = (sample, texts)
@@ -177,7 +182,13 @@ class UserFunctionScorer(Scorer):
             )
         if self.kind is RewardKind.OUTCOME:
             return self._outcome_result(sample, value)
+        if isinstance(value, list | tuple) and len(value) > 20_000:
+            return await asyncio.to_thread(self._process_result, sample, spans, value)  # as for the split
         return self._process_result(sample, spans, value)
+
+    def _steps(self, sample: Sample) -> tuple[list, list[str] | Result]:
+        spans = sample.steps or split_steps(sample.response, self.step_separator)
+        return spans, step_texts(sample, spans)
 
     async def _call(self, args: tuple) -> Any:
         if self._pool is not None:

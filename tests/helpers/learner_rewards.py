@@ -69,8 +69,9 @@ async def digit_share_marked_slow(sample: Sample) -> float:
     return digit_share(sample)
 
 
-def outcome_scorer(name: str = "digit_share") -> UserFunctionScorer:
-    return UserFunctionScorer(f"tests.helpers.learner_rewards:{name}", "outcome")
+def outcome_scorer(name: str = "digit_share", isolation: str = "process") -> UserFunctionScorer:
+    # isolation="thread" for functions that record into this module's state (ARRIVALS).
+    return UserFunctionScorer(f"tests.helpers.learner_rewards:{name}", "outcome", isolation=isolation)
 
 
 def process_scorer() -> UserFunctionScorer:
@@ -80,11 +81,13 @@ def process_scorer() -> UserFunctionScorer:
 
 
 @contextlib.contextmanager
-def reward_services(outcome: str = "digit_share", process: bool = True, outcome_replicas: int = 1) -> Iterator[dict[str, ServerHandle]]:
+def reward_services(
+    outcome: str = "digit_share", process: bool = True, outcome_replicas: int = 1, isolation: str = "process"
+) -> Iterator[dict[str, ServerHandle]]:
     """An outcome service (and a process service) on loopback ports, stopped afterwards."""
-    handles = {"outcome": start_in_thread(outcome_scorer(outcome), ServerConfig(metrics_port=None))}
+    handles = {"outcome": start_in_thread(outcome_scorer(outcome, isolation), ServerConfig(metrics_port=None))}
     for k in range(1, outcome_replicas):
-        handles[f"outcome{k}"] = start_in_thread(outcome_scorer(outcome), ServerConfig(metrics_port=None))
+        handles[f"outcome{k}"] = start_in_thread(outcome_scorer(outcome, isolation), ServerConfig(metrics_port=None))
     if process:
         handles["process"] = start_in_thread(process_scorer(), ServerConfig(metrics_port=None))
     try:
