@@ -108,20 +108,23 @@ def _resolve(address: str) -> tuple[str, int]:
 
 
 def service_config(retry_attempts: int) -> str:
-    """The gRPC service config: round_robin, health checking, retries with backoff."""
+    """The gRPC service config: round_robin, health checking, retries with backoff
+    (``retry_attempts`` tries in all; 1: no retries, as gRPC refuses a policy of 1)."""
+    if retry_attempts < 1:
+        raise ValueError(f"retry_attempts must be >= 1 (tries in all), got {retry_attempts}")
+    method: dict = {"name": [{"service": SERVICE_NAME}]}
+    if retry_attempts > 1:
+        method["retryPolicy"] = {
+            "maxAttempts": retry_attempts,  # gRPC caps this at 5
+            "initialBackoff": "0.05s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+        }
     return json.dumps({
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": SERVICE_NAME},
-        "methodConfig": [{
-            "name": [{"service": SERVICE_NAME}],
-            "retryPolicy": {
-                "maxAttempts": retry_attempts,  # gRPC caps this at 5
-                "initialBackoff": "0.05s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-            },
-        }],
+        "methodConfig": [method],
     })
 
 

@@ -11,9 +11,11 @@ that task fails. The other workers go on with their tasks.
     value = await pool.run(("sample", ["step"]), timeout_s=30)   # TaskTimeout / TaskFailed
 
 ``setup(*setup_args)`` runs once in each worker and returns the handler that every task's
-arguments are applied to; it must be importable by name (spawned workers import it).
-Results come back on one reader thread per worker, so a large answer never blocks the
-event loop while it is read.
+arguments are applied to; it must be importable by name (spawned workers import it). A
+worker takes tasks once its setup is done, and a task's timeout counts from when a worker
+takes it, so start-up and queueing never count against it. Answers come back on one
+reader thread per worker (a large answer never blocks the event loop while it is read);
+all bookkeeping happens on the event loop of the caller.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_CHARS = 500
+_READY = None  # the task id of the message a worker sends once its setup is done
 
 
 class TaskTimeout(Exception):
@@ -41,7 +45,11 @@ class TaskTimeout(Exception):
 
 
 class TaskFailed(Exception):
-    """The task raised in the worker (the message holds the exception's type and text)."""
+    """The task raised in the worker (the message holds the exception's type and text),
+    or no worker could run it."""
+
+
+# ----------------------------------------------------------------------------- the worker side
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -56,9 +64,18 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)  # the parent died before prctl took effect
 
 
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+
+
 def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], setup_args: tuple, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    handler = setup(*setup_args)
+    try:
+        handler = setup(*setup_args)
+    except BaseException as exc:  # noqa: BLE001 - reported to the pool, which stops starting workers
+        conn.send((_READY, False, f"worker setup failed: {_describe(exc)}"))
+        return
+    conn.send((_READY, True, None))
     while True:
         try:
             message = conn.recv()
@@ -70,36 +87,32 @@ def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], set
         try:
             reply = (task_id, True, handler(*args))
         except BaseException as exc:  # noqa: BLE001 - reported to the caller, the worker lives on
-            reply = (task_id, False, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS])
+            reply = (task_id, False, _describe(exc))
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an answer that cannot be pickled
-            conn.send((task_id, False, f"the answer could not be sent back: {type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]))
+            conn.send((task_id, False, f"the answer could not be sent back: {_describe(exc)}"))
 
 
+# ----------------------------------------------------------------------------- the pool side
+
+
+@dataclass(eq=False)
+class _Task:
+    id: int
+    args: tuple
+    done: asyncio.Future
+    started: asyncio.Future  # set when a worker takes it
+
+
+@dataclass(eq=False)
 class _Worker:
-    def __init__(self, pool: WorkerPool, index: int):
-        self.pool, self.index = pool, index
-        parent, child = pool.context.Pipe()
-        self.process = pool.context.Process(
-            target=_worker_main, args=(child, pool.setup, pool.setup_args, os.getpid()),
-            name=f"{pool.name}-worker-{index}", daemon=True,
-        )
-        self.process.start()
-        child.close()
-        self.conn = parent
-        self.task: tuple[int, asyncio.Future] | None = None
-        self._reader = threading.Thread(target=self._read, name=f"{pool.name}-reader-{index}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                task_id, ok, value = self.conn.recv()
-            except (EOFError, OSError):
-                self.pool.worker_died(self)
-                return
-            self.pool.task_done(self, task_id, ok, value)
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    index: int
+    ready: bool = False  # setup done: it takes tasks
+    task: _Task | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -116,59 +129,44 @@ class WorkerPool:
             raise ValueError(f"a worker pool needs at least 1 worker (got {size})")
         self.size, self.setup, self.setup_args, self.name = size, setup, setup_args, name
         # spawn, not fork: the server process has gRPC and torch threads.
-        self.context = multiprocessing.get_context("spawn")
-        self._lock = threading.Lock()
+        self._context = multiprocessing.get_context("spawn")
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: collections.deque[_Worker] = collections.deque()
         self._workers: list[_Worker] = []
-        # (task id, args, done, started) of tasks waiting for a free worker
-        self._waiting: collections.deque[tuple[int, tuple, asyncio.Future, asyncio.Future]] = collections.deque()
+        self._waiting: collections.deque[_Task] = collections.deque()
+        self._broken: str | None = None  # why workers cannot start (their setup raised)
         self.replaced = 0  # workers killed for a timeout or found dead, and started anew
-        self._finalizer: weakref.finalize | None = None
-
-    def start(self) -> None:
-        """Start the workers (``run`` does it on first use)."""
-        with self._lock:
-            if self._workers:
-                return
-            self._workers = [_Worker(self, i) for i in range(self.size)]
-            self._idle.extend(self._workers)
-            # The list object is shared, so workers replaced later are killed too.
-            self._finalizer = weakref.finalize(self, WorkerPool._kill_all, self._workers)
+        # The list object is shared with the finalizer, so replaced workers are killed too.
+        weakref.finalize(self, WorkerPool._kill_all, self._workers)
 
     async def run(self, args: tuple, timeout_s: float) -> Any:
-        """The handler's answer for ``args``; TaskTimeout after ``timeout_s`` of running
-        (time spent waiting for a free worker does not count), TaskFailed if it raised."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            with self._lock:
-                busy = self._waiting or any(w.task is not None for w in self._workers)
-            if busy and self._loop is not None and not self._loop.is_closed():
-                raise RuntimeError(f"worker pool {self.name!r} is busy on another event loop")
-            self._loop = loop  # e.g. a scorer used by asyncio.run() first, then by a server
-        self.start()
-        started = loop.create_future()  # set when a worker takes the task
-        done = loop.create_future()
-        task_id = next(self._ids)
-        self._dispatch(task_id, args, done, started)
+        """The handler's answer for ``args``; TaskTimeout after ``timeout_s`` of running,
+        TaskFailed if it raised or the worker died."""
+        self._bind(asyncio.get_running_loop())
+        if not self._workers:
+            self._workers.extend(self._spawn(i) for i in range(self.size))
+        if self._broken:
+            raise TaskFailed(self._broken)
+        loop = self._loop
+        task = _Task(next(self._ids), args, loop.create_future(), loop.create_future())
+        task.done.add_done_callback(_retrieve)  # a caller that gave up never reads it
+        self._waiting.append(task)
+        self._pump()
         try:
-            await started
-            return await asyncio.wait_for(asyncio.shield(done), timeout_s)
+            await task.started
+            return await asyncio.wait_for(asyncio.shield(task.done), timeout_s)
         except TimeoutError:
-            self._replace_running(task_id, "timed out")
+            self._kill_running(task, f"ran past {timeout_s:g} s")
             raise TaskTimeout(f"did not finish within {timeout_s:g} s; its worker was killed and replaced") from None
         except asyncio.CancelledError:
-            self._forget(task_id)
+            if task in self._waiting:
+                self._waiting.remove(task)
             raise
 
     def close(self) -> None:
         """Stop every worker (also done when the pool is garbage collected or at exit)."""
-        with self._lock:
-            workers = list(self._workers)
-            self._workers.clear()
-            self._idle.clear()
-            self._loop = None
+        workers = list(self._workers)
+        self._workers.clear()
         for worker in workers:
             try:
                 worker.conn.send(None)
@@ -176,119 +174,134 @@ class WorkerPool:
                 pass
         WorkerPool._kill_all(workers)
 
-    # ------------------------------------------------------------------ bookkeeping
+    # ------------------------------------------------------------------ bookkeeping (event loop)
 
-    def _dispatch(self, task_id: int, args: tuple, done: asyncio.Future, started: asyncio.Future) -> None:
-        with self._lock:
-            if not self._idle:
-                self._waiting.append((task_id, args, done, started))
-                return
-            worker = self._idle.popleft()
-            worker.task = (task_id, done)
-        if not worker.process.is_alive():  # died while idle (e.g. while no loop was running)
-            worker.task = None
-            with self._lock:
-                self._waiting.appendleft((task_id, args, done, started))
-            self._replace(worker)
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve callers on ``loop`` (a scorer may be used by asyncio.run() first, then a server)."""
+        if self._loop is loop:
             return
-        self._send(worker, task_id, args, done, started)
+        if self._loop is not None and not self._loop.is_closed() and (
+            self._waiting or any(w.task is not None for w in self._workers)
+        ):
+            raise RuntimeError(f"worker pool {self.name!r} is busy on another event loop")
+        self._loop = loop
+        self._waiting.clear()
+        for worker in self._workers:
+            worker.task = None  # an answer still on its way is for a loop that is gone
 
-    def _send(self, worker: _Worker, task_id: int, args: tuple, done: asyncio.Future, started: asyncio.Future) -> None:
-        try:
-            worker.conn.send((task_id, args))
-        except Exception as exc:  # noqa: BLE001 - unpicklable arguments, or a dead worker
-            self._settle(done, False, f"could not send the task to a worker: {type(exc).__name__}: {exc}")
-            self._after_task(worker)
-        if not started.done():
-            started.set_result(None)
+    def _spawn(self, index: int) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(child, self.setup, self.setup_args, os.getpid()),
+            name=f"{self.name}-worker-{index}", daemon=True,
+        )
+        process.start()
+        child.close()
+        worker = _Worker(process, parent, index)
+        worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"{self.name}-reader-{index}", daemon=True)
+        worker.reader.start()
+        return worker
 
-    def _next(self, worker: _Worker) -> None:
-        """Give ``worker`` (now free) the next waiting task, or mark it idle."""
-        with self._lock:
-            while self._waiting:
-                task_id, args, done, started = self._waiting.popleft()
-                if not done.cancelled():
-                    worker.task = (task_id, done)
-                    break
-            else:
-                worker.task = None
-                if worker in self._workers:
-                    self._idle.append(worker)
+    def _read(self, worker: _Worker) -> None:
+        """A worker's reader thread: every message goes to the event loop."""
+        while True:
+            try:
+                task_id, ok, value = worker.conn.recv()
+            except (EOFError, OSError):
+                self._call_soon(self._on_exit, worker)
                 return
-        self._send(worker, task_id, args, done, started)
-
-    def _after_task(self, worker: _Worker) -> None:
-        self._call_soon(self._next, worker)
+            if task_id is _READY and ok:
+                worker.ready = True  # also seen if the loop that would hear of it is gone
+            self._call_soon(self._on_message, worker, task_id, ok, value)
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback`` on the pool's event loop, from any thread."""
         loop = self._loop
         if loop is None:
             return
         try:
             loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
-            pass  # the loop is closed; a dead worker is found at the next dispatch
+            pass  # the loop is closed; _bind resets the state for the next one
 
-    def task_done(self, worker: _Worker, task_id: int, ok: bool, value: Any) -> None:
-        """From a reader thread: the worker answered ``task_id``."""
-        current = worker.task
-        if current is None or current[0] != task_id:
-            return
-        self._call_soon(self._settle, current[1], ok, value)
-        self._call_soon(self._next, worker)
-
-    def worker_died(self, worker: _Worker) -> None:
-        """From a reader thread: the worker's pipe closed (it crashed, or was killed)."""
-        self._call_soon(self._on_death, worker)
-
-    def _on_death(self, worker: _Worker) -> None:
-        if worker not in self._workers:
-            return  # killed on purpose and already replaced
-        if worker.task is not None:
-            code = worker.process.exitcode
-            self._settle(worker.task[1], False, f"the worker process died (exit code {code}) while running it")
-        self._replace(worker)
-
-    def _replace_running(self, task_id: int, why: str) -> None:
+    def _pump(self) -> None:
+        """Hand waiting tasks to free workers."""
         for worker in list(self._workers):
-            if worker.task is not None and worker.task[0] == task_id:
+            if not self._waiting:
+                return
+            if worker.task is not None or not worker.ready:
+                continue
+            if not worker.process.is_alive():
+                self._replace(worker)
+                continue
+            task = self._waiting.popleft()
+            worker.task = task
+            try:
+                worker.conn.send((task.id, task.args))
+            except Exception as exc:  # noqa: BLE001 - unpicklable arguments, or a dead worker
+                worker.task = None
+                _settle(task.done, False, f"could not send the task to a worker: {_describe(exc)}")
+            if not task.started.done():
+                task.started.set_result(None)
+
+    def _on_message(self, worker: _Worker, task_id: int | None, ok: bool, value: Any) -> None:
+        if worker not in self._workers:
+            return  # killed and replaced already
+        if task_id is _READY:
+            if not ok:
+                self._broken = str(value)
+                log.error("%s workers cannot start: %s", self.name, value)
+                while self._waiting:
+                    task = self._waiting.popleft()
+                    _settle(task.done, False, self._broken)
+                    if not task.started.done():
+                        task.started.set_result(None)
+            self._pump()
+            return
+        if worker.task is not None and worker.task.id == task_id:
+            task, worker.task = worker.task, None
+            _settle(task.done, ok, value)
+        self._pump()
+
+    def _on_exit(self, worker: _Worker) -> None:
+        if worker not in self._workers:
+            return  # killed on purpose and replaced already
+        if worker.task is not None:
+            _settle(worker.task.done, False, f"the worker process died (exit code {worker.process.exitcode}) while running it")
+            worker.task = None
+        if self._broken is None:
+            self._replace(worker)
+
+    def _kill_running(self, task: _Task, why: str) -> None:
+        for worker in list(self._workers):
+            if worker.task is task:
                 log.warning("%s worker %d %s; killing it and starting a new one", self.name, worker.index, why)
                 self._replace(worker)
                 return
 
     def _replace(self, worker: _Worker) -> None:
-        with self._lock:
-            if worker not in self._workers:
-                return
-            position = self._workers.index(worker)
-            if worker in self._idle:
-                self._idle.remove(worker)
+        position = self._workers.index(worker)
         worker.kill()
-        fresh = _Worker(self, worker.index)
-        with self._lock:
-            self._workers[position] = fresh
+        self._workers[position] = self._spawn(worker.index)
         self.replaced += 1
-        self._next(fresh)
-
-    def _forget(self, task_id: int) -> None:
-        """A caller gave up: drop its task if it still waits; a running one is left to finish."""
-        with self._lock:
-            self._waiting = collections.deque(t for t in self._waiting if t[0] != task_id)
-
-    @staticmethod
-    def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(TaskFailed(value))
 
     @staticmethod
     def _kill_all(workers: list[_Worker]) -> None:
-        for worker in workers:
+        for worker in list(workers):
             try:
                 worker.kill()
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+
+
+def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(TaskFailed(value))
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -180,3 +180,27 @@ def test_sigterm_ends_the_server_in_time_with_a_hung_function(tmp_path, function
     finally:
         client.close()
         stop_server_processes([proc])
+
+
+def test_a_math_bomb_does_not_hold_other_callers_hostage(tmp_path):
+    """``9^{9^{9^9}}`` keeps its math-verify worker busy until its deadline; meanwhile
+    every unrelated request is answered within a 5 s deadline."""
+    procs, ready = start_server_processes(tmp_path, 1, ["--scorer", "math-answer", "--option", "deadline_s=10"])
+    address = ready[0]["address"]
+    bomb_client = BlockingRewardClient(address, timeout_s=60, merge_samples=0)
+    client = BlockingRewardClient(address, timeout_s=5, merge_samples=0, retry_attempts=1)
+    try:
+        client.score([Sample(id="warm", prompt="q", response="Answer: 1", reference="1")])
+        with ThreadPoolExecutor(1) as pool:
+            bomb = pool.submit(bomb_client.score, [Sample(id="bomb", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")])
+            time.sleep(0.5)
+            for i in range(14):
+                [result] = client.score([Sample(id=f"g{i}", prompt="q", response=f"Answer: {i}", reference=str(i))])
+                assert result.outcome == 1.0
+            assert not bomb.done(), "the bomb finished early: the test would prove nothing"
+            [late] = bomb.result(timeout=60)
+        assert late.error.code == "TIMEOUT" and "deadline_s=10" in late.error.message
+    finally:
+        bomb_client.close()
+        client.close()
+        stop_server_processes(procs)

@@ -7,28 +7,28 @@ then compares every gold candidate with every answer candidate (numbers, fractio
 symbolic equality, sets, ...). Score: ``correct_score`` if any pair matches, else
 ``incorrect_score`` (an answer that cannot be found or parsed is incorrect, not an error).
 
-Why a process pool: math-verify bounds each parse and comparison with ``signal.alarm``,
+Why worker processes: math-verify bounds each parse and comparison with ``signal.alarm``,
 which works only in a process's main thread; in a worker thread it raises ValueError
 (and with its default ``raise_on_error=False`` a caller could mistake that for a wrong
-answer). So the checks run in spawned worker processes, each task in the worker's main
-thread where the alarm works. A check that still hangs (C code ignores the alarm until
-it returns) is cut off by ``deadline_s``: the pool is killed and restarted, and the
-unfinished samples get a TIMEOUT error.
+answer). So the checks run in spawned worker processes (``reward_server.workers``), each
+sample in a worker's main thread where the alarm works. A check that still hangs (C code
+ignores the alarm until it returns: ``9^{9^{9^{9}}}`` inside sympy) is cut off by
+``deadline_s``: that worker is killed and replaced and that sample gets a TIMEOUT error,
+while the other workers go on with other samples and other callers' batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.pool import Pool
 
 from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.results import INVALID_SAMPLE, SCORER_FAILED, TIMEOUT, error_result
 from reward_server.types import Result, RewardKind, Sample
+from reward_server.workers import TaskFailed, TaskTimeout, WorkerPool
 
 
 @dataclass
@@ -38,7 +38,7 @@ class MathAnswerConfig:
     timeout_s: int = field(default=5, metadata={"help": "seconds per parse / comparison (math-verify's alarm)"})
     timeout_score: float | None = field(default=None, metadata={"help": "score when a check times out; None: a TIMEOUT error"})
     workers: int = field(default=2, metadata={"help": "worker processes running the checks"})
-    deadline_s: float = field(default=60.0, metadata={"help": "wall-clock limit of one score() call; stuck workers are killed"})
+    deadline_s: float = field(default=15.0, metadata={"help": "wall-clock limit of one sample's check; past it its worker is killed"})
     model_name: str = field(default="math-verify", metadata={"help": "name reported in GetInfo"})
 
     def __post_init__(self) -> None:
@@ -46,8 +46,8 @@ class MathAnswerConfig:
             raise ValueError(f"timeout_s must be a whole number of seconds >= 1 (got {self.timeout_s})")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1 (got {self.workers})")
-        if self.deadline_s < 0:
-            raise ValueError(f"deadline_s must be >= 0 (got {self.deadline_s})")
+        if not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 (got {self.deadline_s})")
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,10 @@ def _real_value(expr) -> float | None:
     return value.real if value.imag == 0 and math.isfinite(value.real) else None
 
 
-def _warm_up() -> None:
-    """Worker initializer: import math-verify and its grammars once, not on the first sample."""
+def checker_worker() -> Callable[[str, str, int], AnswerCheck]:
+    """Runs in each worker: import math-verify and its grammars once, not on the first sample."""
     check_answer("\\boxed{1}", "1", 5)
+    return check_answer
 
 
 class MathAnswerScorer(Scorer):
@@ -123,98 +124,50 @@ class MathAnswerScorer(Scorer):
     def __init__(self, config: MathAnswerConfig | None = None):
         self.config = config or MathAnswerConfig()
         self.model_name = self.config.model_name
-        self._pool: Pool | None = None
+        self._pool = WorkerPool(self.config.workers, checker_worker, name="math-verify")
+        # Batches go to free workers while another batch waits on a slow sample.
+        self.max_concurrent_batches = self.config.workers
 
     async def score(self, samples: list[Sample]) -> list[Result]:
-        loop = asyncio.get_running_loop()
-        results: list[Result | None] = [None] * len(samples)
-        pending: dict[int, asyncio.Future] = {}
-        for i, sample in enumerate(samples):
-            if sample.reference is None or not sample.reference.strip():
-                results[i] = error_result(
-                    sample.id, INVALID_SAMPLE,
-                    f"sample {short_repr(sample.id)} has no reference answer; the math answer checker "
-                    "compares the response's final answer with `reference`, so send one",
-                )
-                continue
-            pending[i] = self._submit(loop, sample)
-        if pending:
-            _, unfinished = await asyncio.wait(pending.values(), timeout=self.config.deadline_s)
-            if unfinished:
-                self._kill_pool()  # a worker may be stuck in C code; start afresh next call
-        for i, future in pending.items():
-            results[i] = self._to_result(samples[i], future)
-        return results  # type: ignore[return-value]
+        return list(await asyncio.gather(*(self._score_one(s) for s in samples)))
 
     def close(self) -> None:
         """Stop the worker processes (also done at interpreter exit)."""
-        self._kill_pool()
+        self._pool.close()
 
-    def _submit(self, loop: asyncio.AbstractEventLoop, sample: Sample) -> asyncio.Future:
-        future = loop.create_future()
-        self._get_pool().apply_async(
-            check_answer,
-            (sample.response, sample.reference, self.config.timeout_s),
-            callback=lambda value: _settle(loop, future, value=value),
-            error_callback=lambda exc: _settle(loop, future, exc=exc),
-        )
-        return future
-
-    def _to_result(self, sample: Sample, future: asyncio.Future) -> Result:
-        if not future.done():
-            future.cancel()
+    async def _score_one(self, sample: Sample) -> Result:
+        if sample.reference is None or not sample.reference.strip():
             return error_result(
-                sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: answer check did not finish within "
-                f"deadline_s={self.config.deadline_s}; the checker workers were restarted",
+                sample.id, INVALID_SAMPLE,
+                f"sample {short_repr(sample.id)} has no reference answer; the math answer checker "
+                "compares the response's final answer with `reference`, so send one",
             )
-        if future.exception() is not None:
-            return error_result(sample.id, SCORER_FAILED, f"sample {short_repr(sample.id)}: answer check failed: {future.exception()!r}")
-        check: AnswerCheck = future.result()
+        try:
+            check = await self._pool.run((sample.response, sample.reference, self.config.timeout_s), self.config.deadline_s)
+        except TaskTimeout:
+            return self._timed_out(sample, f"the check did not finish within deadline_s={self.config.deadline_s:g}; "
+                                           "its worker was killed and replaced")
+        except TaskFailed as exc:
+            return error_result(sample.id, SCORER_FAILED, f"sample {short_repr(sample.id)}: answer check failed: {exc}")
+        return self._to_result(sample, check)
+
+    def _timed_out(self, sample: Sample, why: str, metrics: dict[str, float] | None = None) -> Result:
+        if self.config.timeout_score is None:
+            return error_result(sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: {why}")
+        return Result(id=sample.id, outcome=self.config.timeout_score, metrics={**(metrics or {}), "timed_out": 1.0})
+
+    def _to_result(self, sample: Sample, check: AnswerCheck) -> Result:
         if not check.reference_found:
             return error_result(
                 sample.id, INVALID_SAMPLE, f"sample {short_repr(sample.id)}: math-verify found no answer in "
-                f"reference {sample.reference!r}; send a number or LaTeX expression",
+                f"reference {short_repr(sample.reference)}; send a number or LaTeX expression",
             )
         metrics = {"correct": float(check.correct), "answer_found": float(check.answer_found)}
         if check.answer_value is not None:
             metrics["answer_value"] = check.answer_value
         if check.timed_out:
-            if self.config.timeout_score is None:
-                return error_result(
-                    sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: math-verify timed out after "
-                    f"{self.config.timeout_s} s parsing or comparing the answer",
-                )
-            metrics["timed_out"] = 1.0
-            return Result(id=sample.id, outcome=self.config.timeout_score, metrics=metrics)
+            return self._timed_out(
+                sample, f"math-verify timed out after {self.config.timeout_s} s parsing or comparing the answer", metrics
+            )
         score = self.config.correct_score if check.correct else self.config.incorrect_score
         return Result(id=sample.id, outcome=score, metrics=metrics)
-
-    def _get_pool(self) -> Pool:
-        if self._pool is None:
-            # spawn, not fork: the server process has gRPC and torch threads.
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.config.workers, initializer=_warm_up)
-            weakref.finalize(self, self._pool.terminate)
-        return self._pool
-
-    def _kill_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
-
-
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, value=None, exc=None) -> None:
-    """Resolve ``future`` from the pool's result thread, on its own event loop."""
-
-    def apply() -> None:
-        if future.done():
-            return  # cancelled after a deadline
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
-
-    try:
-        loop.call_soon_threadsafe(apply)
-    except RuntimeError:
-        pass  # the loop is closed: nobody waits for this answer any more
