@@ -58,13 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-queue", type=int, default=d.max_queue)
     n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)
     n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
-    n.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    n.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="largest request or response message (advertised in GetInfo)")
+    n.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes,
+                   help="serialized Score requests held at once, queued or scored; past it RESOURCE_EXHAUSTED "
+                        "before parsing (the memory bound for requests: about 3x this, see README)")
+    n.add_argument("--max-concurrent-calls", type=int, default=d.max_concurrent_calls,
+                   help="Score calls held at once; past it RESOURCE_EXHAUSTED")
     n.add_argument("--token-env", default="RPP_REWARD_TOKEN",
                    help="environment variable holding the bearer token (unset or empty: no auth)")
     n.add_argument("--tls-cert", help="server certificate (PEM)")
     n.add_argument("--tls-key", help="server private key (PEM)")
     n.add_argument("--tls-client-ca", help="CA for client certificates (PEM): turns on mTLS")
-    n.add_argument("--metrics-port", type=int, default=d.metrics_port, help="0: any free port; -1: off")
+    n.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="Prometheus GET /metrics over plain HTTP with no auth, even with TLS or a token "
+                        "(counters only); 0: any free port; -1: off")
+    n.add_argument("--metrics-host", help="address the metrics port binds (default: --host)")
     n.add_argument("--grace-s", type=float, default=d.grace_s, help="drain grace period on SIGTERM")
     n.add_argument("--max-connection-age-s", type=float, default=d.max_connection_age_s)
     n.add_argument("--ready-file", type=Path, help="write {address, metrics_port, pid} JSON here once serving")
@@ -109,10 +118,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_samples=args.max_batch_samples, max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, scorer_timeout_s=args.scorer_timeout_s,
         max_samples_per_request=args.max_samples_per_request, max_sample_bytes=args.max_sample_bytes,
-        max_message_bytes=args.max_message_bytes,
+        max_message_bytes=args.max_message_bytes, max_inflight_bytes=args.max_inflight_bytes,
+        max_concurrent_calls=args.max_concurrent_calls,
         token=os.environ.get(args.token_env) or None,
         tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, tls_client_ca_file=args.tls_client_ca,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port, metrics_host=args.metrics_host,
         grace_s=args.grace_s, max_connection_age_s=args.max_connection_age_s,
     )
 

@@ -1,19 +1,27 @@
 """Prometheus metrics of one reward server, served on a side HTTP port.
 
 Each server owns its own CollectorRegistry, so several servers in one process (tests,
-benchmarks) never clash over metric names.
+benchmarks) never clash over metric names. The side port serves ``GET /metrics`` only
+(404 for anything else) over plain HTTP with no auth, even when the gRPC port has TLS or
+a token: its counters are not secret, but bind it to a private address
+(``--metrics-host``) or turn it off (``--metrics-port -1``) where that matters.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client as prom
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass  # scrapes every few seconds would flood stderr
 
 
 class ServerMetrics:
@@ -53,7 +61,17 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""
-        self._http, self._thread = prom.start_http_server(port, addr=host, registry=self.registry)
+        metrics_app = prom.make_wsgi_app(self.registry)
+
+        def only_metrics(environ, start_response):
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"only /metrics is served here\n"]
+            return metrics_app(environ, start_response)
+
+        self._http = make_server(host, port, only_metrics, prom.exposition.ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
         return self._http.server_port
 
     def stop(self) -> None:

@@ -67,15 +67,23 @@ class ServerConfig:
     max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
     max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
     max_message_bytes: int = 64 << 20  # gRPC receive/send limit; advertised in GetInfo
+    # Admission: serialized Score requests held at once (queued or being scored), and Score
+    # calls at once; past either, RESOURCE_EXHAUSTED before the request is parsed. With
+    # them the memory for requests is bounded (README, "What a replica guarantees").
+    max_inflight_bytes: int = 128 << 20
+    max_concurrent_calls: int = 256
     token: str | None = None  # bearer token; None: no auth
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None  # set: mTLS, client certificates required
     metrics_port: int | None = 0  # 0: any free port; None: no metrics endpoint
+    metrics_host: str | None = None  # where /metrics listens (plain HTTP, no auth); default: host
     grace_s: float = 10.0  # drain: how long in-flight calls may take to finish
     max_connection_age_s: float = 300.0  # clients reconnect (and re-resolve DNS) this often
 
     def __post_init__(self) -> None:
+        if self.max_inflight_bytes < 1 or self.max_concurrent_calls < 1:
+            raise ValueError("ServerConfig.max_inflight_bytes and max_concurrent_calls must be >= 1")
         if self.max_queue < self.max_samples_per_request:
             raise ValueError(
                 f"ServerConfig.max_queue ({self.max_queue}) must be >= max_samples_per_request "
@@ -119,6 +127,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._idle = asyncio.Event()
         self._idle.set()
         self._refusals = RateLimitedLog(log, per_s=10.0, burst=10)
+        self._bytes_in_flight = 0  # serialized Score requests admitted and not yet answered
+        self._calls_in_flight = 0
 
     def info(self) -> ServiceInfo:
         return ServiceInfo(
@@ -139,9 +149,36 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         return convert.info_to_proto(self.info())
 
     async def score_bytes(self, raw: bytes, context) -> pb.ScoreResponse:
-        """Score, parsing the request here: a payload that is no ScoreRequest (garbage, or a
-        string that is not valid UTF-8, as protobufjs writes for a lone surrogate) gets
-        INVALID_ARGUMENT naming the problem, not grpc's UNKNOWN and a logged traceback."""
+        """Score, from the request's bytes: admitted within the byte and call budgets (else
+        RESOURCE_EXHAUSTED, before any parsing), then parsed here."""
+        size = len(raw)
+        refusal = self._admission_refusal(size)
+        if refusal:
+            self._metrics.requests.labels("Score", "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        self._bytes_in_flight += size
+        self._calls_in_flight += 1
+        try:
+            return await self._parse_and_score(raw, context)
+        finally:
+            self._bytes_in_flight -= size
+            self._calls_in_flight -= 1
+
+    def _admission_refusal(self, size: int) -> str | None:
+        cfg = self._config
+        if self._calls_in_flight >= cfg.max_concurrent_calls:
+            return (f"reward server overloaded: {self._calls_in_flight} Score calls in flight, the limit "
+                    f"(max_concurrent_calls={cfg.max_concurrent_calls}); retry with backoff or add replicas")
+        # A request bigger than the whole budget is still taken when nothing else is held.
+        if self._bytes_in_flight and self._bytes_in_flight + size > cfg.max_inflight_bytes:
+            return (f"reward server overloaded: {self._bytes_in_flight} request bytes held and {size} more would "
+                    f"exceed max_inflight_bytes={cfg.max_inflight_bytes}; retry with backoff or add replicas")
+        return None
+
+    async def _parse_and_score(self, raw: bytes, context) -> pb.ScoreResponse:
+        """A payload that is no ScoreRequest (garbage, or a string that is not valid UTF-8,
+        as protobufjs writes for a lone surrogate) gets INVALID_ARGUMENT naming the problem,
+        not grpc's UNKNOWN and a logged traceback."""
         try:
             request = pb.ScoreRequest.FromString(raw)
         except DecodeError as exc:
@@ -293,7 +330,7 @@ class RewardServer:
         await self._server.start()
         self.address = _host_port(cfg.host, port)
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.host, cfg.metrics_port)
+            self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_server.client import BlockingRewardClient, RewardServiceError
+from reward_server.proto import reward_pb2 as pb
 from reward_server.scorers.user_function import UserFunctionScorer
 from reward_server.server import ServerConfig, start_in_thread
 from reward_server.steps import split_steps
@@ -35,6 +38,11 @@ FUNCTIONS = textwrap.dedent(
 
     def per_step(sample, steps):
         return [float(len(s)) for s in steps]
+
+    def slow(sample):
+        import time
+        time.sleep(1.5)
+        return 1.0
     '''
 )
 
@@ -140,3 +148,40 @@ def test_340k_steps_are_split_while_other_calls_are_answered(tmp_path, functions
     assert result.ok and len(result.steps) == 340_000 and result.steps[-1].score == 2.0
     assert len(latencies) >= 3, "the big request finished before the small calls could be measured"
     assert max(latencies) < 1.0, f"health + a small call took up to {max(latencies):.2f} s: {latencies}"
+
+
+def test_admission_is_bounded_in_bytes_and_in_calls(functions):
+    """Past max_inflight_bytes or max_concurrent_calls a call is refused at once, before it
+    is parsed, with RESOURCE_EXHAUSTED (clients back off and retry), and the held calls finish."""
+    config = ServerConfig(metrics_port=None, max_inflight_bytes=1 << 20, max_concurrent_calls=2)
+    scorer = UserFunctionScorer(f"{functions}:slow", isolation="thread")
+    big = pb.ScoreRequest(samples=[pb.Sample(id="b", prompt="q", response="x" * 700_000)]).SerializeToString()
+    small = pb.ScoreRequest(samples=[pb.Sample(id="s", prompt="q", response="x")]).SerializeToString()
+    with start_in_thread(scorer, config) as server, grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+        first = call.future(big, timeout=30)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as by_bytes:
+            call(big, timeout=10)  # 1.4 MB held would exceed 1 MiB
+        assert by_bytes.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_inflight_bytes=1048576" in by_bytes.value.details()
+        second = call.future(small, timeout=30)  # fits in bytes: the 2nd call allowed
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as by_calls:
+            call(small, timeout=10)
+        assert by_calls.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_calls=2" in by_calls.value.details()
+        assert first.result().results[0].outcome == 1.0 and second.result().results[0].outcome == 1.0
+        assert call(small, timeout=30).results[0].outcome == 1.0  # room again
+
+
+def test_the_metrics_port_serves_metrics_only(functions):
+    scorer = UserFunctionScorer(f"{functions}:length")
+    with start_in_thread(scorer, ServerConfig(metrics_port=0)) as server:
+        assert_still_serves(server.address)
+        base = f"http://127.0.0.1:{server.metrics_port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as page:
+            assert b'rpp_reward_requests_total{code="OK",method="Score"} 1.0' in page.read()
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(f"{base}/debug", timeout=10)
+        assert other.value.code == 404
