@@ -45,6 +45,7 @@ from reward_server.types import Result, RewardKind, ServiceInfo
 
 log = logging.getLogger(__name__)
 
+_SMALL_REQUEST_BYTES = 64 << 10  # admitted whatever the byte budget (at most max_concurrent_calls of them)
 _STEPS_OFF_LOOP = 20_000  # responses with more steps are built off the event loop
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 VERSION = "rpp 0.1.0"
@@ -169,8 +170,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if self._calls_in_flight >= cfg.max_concurrent_calls:
             return (f"reward server overloaded: {self._calls_in_flight} Score calls in flight, the limit "
                     f"(max_concurrent_calls={cfg.max_concurrent_calls}); retry with backoff or add replicas")
-        # A request bigger than the whole budget is still taken when nothing else is held.
-        if self._bytes_in_flight and self._bytes_in_flight + size > cfg.max_inflight_bytes:
+        # A request bigger than the whole budget is still taken when nothing else is held, and
+        # small ones always are (they cost little): a flood of big requests never locks out
+        # the small calls of other callers, nor health-like probes of the service.
+        if size > _SMALL_REQUEST_BYTES and self._bytes_in_flight and self._bytes_in_flight + size > cfg.max_inflight_bytes:
             return (f"reward server overloaded: {self._bytes_in_flight} request bytes held and {size} more would "
                     f"exceed max_inflight_bytes={cfg.max_inflight_bytes}; retry with backoff or add replicas")
         return None

@@ -1,0 +1,229 @@
+"""A replica under attack: memory under a flood of 8 MB requests, latency of good calls.
+
+    rpp-bench replica            # flood + math bomb, about a minute
+    rpp-bench replica --only flood|bomb
+
+1. **Flood.** A replica serving a trivial scorer with ``--max-inflight-bytes`` BOUND gets
+   32 concurrent senders, each sending 8 MB requests as fast as it is answered (refusals
+   included) for ``--seconds``. A probe sends one small request after another throughout.
+   Printed: the replica's peak RSS (sampled from /proc every 20 ms) against BOUND + 300 MB,
+   and the probe's p99 latency during the flood as a ratio to its p99 on the quiet replica.
+2. **Math bomb.** A math-answer replica gets ``Answer: $9^{9^{9^{9}}}$`` (which keeps its
+   math-verify worker busy until its deadline) every few seconds while a probe sends one
+   good check after another. Printed: the probe's p99 during the bombs over its quiet p99.
+
+Targets (issue "a reward server that no single request can freeze"): peak RSS <= bound +
+300 MB; both p99 ratios <= 3. The senders and the probe run in this process, the replica
+in its own, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from reward_server.proto import reward_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORE = "/rpp.reward.v1.RewardService/Score"
+
+
+def start_replica(args: list[str]) -> tuple[subprocess.Popen, str]:
+    ready = Path(tempfile.mkdtemp()) / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reward_server.cli", *args, "--port", "0", "--metrics-port", "-1",
+         "--ready-file", str(ready), "--log-level", "ERROR"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the replica did not start: {args}")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())["address"]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (the worker processes)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+class PeakRSS:
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+async def probe(address: str, request: bytes, seconds: float, check) -> list[float]:
+    """One small call after another for ``seconds``; latencies in seconds."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            for attempt in range(20):  # refused: back off and retry, as RewardClient does
+                try:
+                    check(await call(request, timeout=30))
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    await asyncio.sleep(0.005 * 2**min(attempt, 6))
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def flood(address: str, payload: bytes, senders: int, seconds: float) -> dict[str, int]:
+    counts = {"answered": 0, "refused": 0}
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+    async def sender() -> None:
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=None)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                try:
+                    await call(payload, timeout=60)
+                    counts["answered"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    counts["refused"] += 1
+                    await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return counts
+
+
+def small_request(i: int = 0) -> bytes:
+    return pb.ScoreRequest(samples=[pb.Sample(id=f"p{i}", prompt="q", response="four")]).SerializeToString()
+
+
+def check_small(response: pb.ScoreResponse) -> None:
+    assert response.results[0].outcome == 4.0, response
+
+
+def run_flood(bound: int, senders: int, seconds: float) -> None:
+    proc, address = start_replica([
+        "--scorer", "bench.serving_fixtures:TrivialScorer", "--max-inflight-bytes", str(bound),
+        "--max-message-bytes", str(16 << 20),
+    ])
+    try:
+        samples = [pb.Sample(id=f"s{i}", prompt="q", response="x" * (128 << 10)) for i in range(64)]
+        payload = pb.ScoreRequest(samples=samples).SerializeToString()  # 8.4 MB
+        idle_rss = rss_bytes(proc.pid)
+        quiet = asyncio.run(probe(address, small_request(), seconds / 2, check_small))
+
+        async def both():
+            return await asyncio.gather(flood(address, payload, senders, seconds),
+                                        probe(address, small_request(), seconds, check_small))
+
+        with PeakRSS(proc.pid) as peak:
+            counts, loud = asyncio.run(both())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    mb = 1 << 20
+    print(f"flood: {senders} senders x {len(payload) / 1e6:.1f} MB for {seconds:g} s; "
+          f"answered {counts['answered']}, refused {counts['refused']} (RESOURCE_EXHAUSTED)")
+    print(f"  peak RSS {peak.peak / mb:.0f} MiB (idle {idle_rss / mb:.0f} MiB) vs bound {bound / mb:.0f} MiB + 300 MiB "
+          f"= {(bound + 300 * mb) / mb:.0f} MiB: {'met' if peak.peak <= bound + 300 * mb else 'NOT met'}")
+    ratio = p99(loud) / p99(quiet)
+    print(f"  small-call p99: quiet {p99(quiet) * 1e3:.1f} ms ({len(quiet)} calls), during the flood "
+          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
+
+
+def run_bomb(seconds: float) -> None:
+    proc, address = start_replica(["--scorer", "math-answer", "--option", "deadline_s=5"])
+    good = pb.ScoreRequest(samples=[pb.Sample(id="g", prompt="q", response="Answer: 7", reference="7")]).SerializeToString()
+    bomb = pb.ScoreRequest(samples=[pb.Sample(id="b", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")]).SerializeToString()
+
+    def check_good(response: pb.ScoreResponse) -> None:
+        assert response.results[0].outcome == 1.0, response
+
+    async def bombs(until: float) -> int:
+        sent = 0
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+            while time.perf_counter() < until:
+                sent += 1
+                await call(bomb, timeout=60)  # answered with TIMEOUT after deadline_s
+        return sent
+
+    try:
+        asyncio.run(probe(address, good, 2, check_good))  # workers warm
+        quiet = asyncio.run(probe(address, good, seconds / 2, check_good))
+
+        async def both():
+            return await asyncio.gather(bombs(time.perf_counter() + seconds), probe(address, good, seconds, check_good))
+
+        sent, loud = asyncio.run(both())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ratio = p99(loud) / p99(quiet)
+    print(f"math bomb: {sent} bombs in {seconds:g} s, each holding a worker for its 5 s deadline")
+    print(f"  good-check p99: quiet {p99(quiet) * 1e3:.1f} ms ({len(quiet)} calls), during the bombs "
+          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="rpp-bench replica", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["flood", "bomb"])
+    parser.add_argument("--bound-mib", type=int, default=64, help="--max-inflight-bytes of the flooded replica")
+    parser.add_argument("--senders", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    if args.only in (None, "flood"):
+        run_flood(args.bound_mib << 20, args.senders, args.seconds)
+    if args.only in (None, "bomb"):
+        run_bomb(args.seconds)
+
+
+if __name__ == "__main__":
+    main()
