@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from reward_server.client import BlockingRewardClient
 from reward_server.scorers import build_scorer
 from reward_server.scorers.prm_auto import detect_prm_format
+from reward_server.server import ServerConfig, start_in_thread
 from reward_server.types import RewardKind, Sample
 from rpp_learner.scoring import describe_service
 from tests.helpers.released_prms import (
@@ -379,3 +380,24 @@ def test_an_unknown_architecture_fails_the_server_before_it_serves(tmp_path, qwe
     )
     assert proc.returncode != 0 and not (tmp_path / "ready.json").exists()
     assert "BertForMaskedLM" in proc.stderr and "matches no PRM format rpp knows" in proc.stderr
+
+
+@pytest.mark.slow
+def test_rpp_train_takes_dense_credit_from_a_served_public_prm(tmp_path, qwen_prm):
+    """The learner's path with a released PRM format: one REINFORCE++ step whose process
+    service is the Qwen2.5-Math-PRM checkpoint, its step scores placed at reward tokens."""
+    from rpp_learner.trainer import Trainer
+    from tests.helpers.learner_rewards import build, reward_services, run_config
+    from tests.helpers.tiny_models import build_tiny_policy
+
+    policy = build_tiny_policy(tmp_path / "policy")
+    prm = build_scorer("prm", model=str(qwen_prm[0]), dtype="float32")
+    with reward_services(process=False) as handles, start_in_thread(prm, ServerConfig(metrics_port=None)) as served:
+        handles["process"] = served
+        cfg = build(run_config(tmp_path, policy, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False}))
+        with Trainer(cfg) as trainer:
+            assert trainer.service_infos["prm"].input_format == "qwen2.5-math-prm"
+            metrics = trainer.train()["last"]
+    assert metrics["reward/failed"] == 0.0
+    # Step scores in [0, 1] from the PRM, centred or not, summed over the placed reward tokens.
+    assert metrics["reward/process"] != 0.0
