@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.scorers.base import Scorer
-from reward_server.server import RewardServer, ServerConfig, serve
+from reward_server.server import BindError, RewardServer, ServerConfig, serve
 
 log = logging.getLogger("rpp-reward-server")
 
@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model path or hub id (HF scorers)")
     s.add_argument("--function", help="module:function or path/to/file.py:function (user-function scorer)")
     s.add_argument("--kind", choices=["outcome", "process"], help="outcome or process reward")
-    s.add_argument("--step-separator", help="string a process scorer splits responses on")
+    s.add_argument("--step-separator", type=unescape, default=argparse.SUPPRESS,
+                   help="string a process scorer splits responses on when a sample has no steps; "
+                        "\\n, \\t, \\r and \\\\ are read as escapes (--step-separator '\\n' is a newline). "
+                        "Default: the scorer's own, a blank line ('\\n\\n') for user functions; GetInfo "
+                        "and the start-up line say which one a server uses")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra scorer option (repeatable); VALUE is parsed as JSON when it can be")
     n = p.add_argument_group("server")
@@ -81,6 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drain and exit when the process that started this server dies (for launchers)")
     n.add_argument("--log-level", default="INFO")
     return p
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``text`` with the shell-friendly escapes \\n, \\t, \\r and \\\\ turned into their
+    characters; any other backslash stays as it is (so a regex-like separator survives)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -153,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = {k: v for k, v in (("model", args.model), ("function", args.function), ("kind", args.kind),
-                                 ("step_separator", args.step_separator)) if v is not None}
+                                 ("step_separator", getattr(args, "step_separator", None))) if v is not None}
     options.update(parse_options(args.option))
     try:
         config = config_from_args(args)
@@ -165,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "serving %s (%s%s) on %s; metrics port %s; tls %s; token auth %s",
             scorer.model_name, scorer.kind.value,
-            f", {scorer.input_format}, steps split on {scorer.step_separator!r}" if scorer.input_format else "",
+            (f", {scorer.input_format}" if scorer.input_format else "")
+            + (f", steps split on {scorer.step_separator!r}" if scorer.kind.value == "process" else ""),
             server.address, server.metrics_port,
             "mTLS" if config.tls_client_ca_file else ("on" if config.tls_cert_file else "off"),
             "on" if config.token else "off",
@@ -175,7 +197,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.exit_with_parent:
             exit_with_parent()
 
-    stuck = asyncio.run(serve(scorer, config, on_ready))
+    try:
+        stuck = asyncio.run(serve(scorer, config, on_ready))
+    except BindError as exc:
+        close = getattr(scorer, "close", None)
+        if callable(close):
+            close()
+        raise SystemExit(f"rpp-reward-server: {exc}") from None
     close = getattr(scorer, "close", None)
     if callable(close):
         close()  # worker processes

@@ -114,6 +114,10 @@ class ServerConfig:
         ]
 
 
+class BindError(OSError):
+    """The server could not listen on its address."""
+
+
 class _RpcFailure(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -323,13 +327,19 @@ class RewardServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         bind = _host_port(cfg.host, cfg.port)
-        if cfg.tls_cert_file:
-            tls = TLSConfig(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
-            port = self._server.add_secure_port(bind, server_credentials(tls))
-        else:
-            port = self._server.add_insecure_port(bind)
+        try:
+            if cfg.tls_cert_file:
+                tls = TLSConfig(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
+                port = self._server.add_secure_port(bind, server_credentials(tls))
+            else:
+                port = self._server.add_insecure_port(bind)
+        except RuntimeError:
+            port = 0  # grpcio raises "Failed to bind" where older versions returned 0
         if port == 0:
-            raise RuntimeError(f"could not bind the reward server to {bind}: is the port in use?")
+            raise BindError(
+                f"cannot listen on {bind}: the address is in use (another server on that port?) or not "
+                "this machine's; pick another --port, or --port 0 for any free one"
+            )
         await self._server.start()
         self.address = _host_port(cfg.host, port)
         if cfg.metrics_port is not None:

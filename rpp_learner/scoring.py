@@ -50,6 +50,19 @@ class ScoredBatch:
     failures: dict[str, int] = field(default_factory=dict)  # per service
     first_errors: list[str] = field(default_factory=list)  # a few messages, for logs
     service_means: dict[str, float] = field(default_factory=dict)  # per-service mean score
+    step_counts: dict[str, list[int]] = field(default_factory=dict)  # process service -> steps per scored sample
+
+
+def degenerate_steps(step_counts: list[int], min_samples: int = 8, share: float = 0.9) -> str | None:
+    """Why the steps a process service returned look degenerate, or None: almost every
+    response came back as one step (a wrong separator does this silently, and dense
+    credit then collapses to one score per response)."""
+    if len(step_counts) < min_samples:
+        return None
+    single = sum(1 for c in step_counts if c <= 1)
+    if single < share * len(step_counts):
+        return None
+    return f"{single} of {len(step_counts)} responses came back as a single step (or none)"
 
 
 def _tls(svc: RewardServiceConfig) -> TLSConfig | None:
@@ -197,6 +210,7 @@ def assemble_scores(
     failures: dict[str, int] = {}
     errors: list[str] = []
     means: dict[str, float] = {}
+    step_counts: dict[str, list[int]] = {}
 
     def fail(i: int, svc: RewardServiceConfig, message: str) -> None:
         valid[i] = False
@@ -230,6 +244,7 @@ def assemble_scores(
                 step_index[i] += idx
                 step_value[i] += val
                 scores.extend(s.score for s in res.steps)
+                step_counts.setdefault(svc.name, []).append(len(res.steps))
         means[svc.name] = sum(scores) / len(scores) if scores else float("nan")
 
     for i in range(batch):  # an invalid sample contributes nothing anywhere
@@ -237,4 +252,4 @@ def assemble_scores(
             outcome[i] = 0.0
             step_index[i], step_value[i] = [], []
     index, value = pad_steps(step_index, step_value)
-    return ScoredBatch(outcome, index, value, valid, failures, errors, means)
+    return ScoredBatch(outcome, index, value, valid, failures, errors, means, step_counts)

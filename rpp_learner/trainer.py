@@ -18,6 +18,7 @@ and rollouts come from a full copy of the policy (see ``rpp_learner.sharding``).
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -43,7 +44,7 @@ from rpp_learner.models import check_model_path, load_causal_lm
 from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
-from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores
+from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores, degenerate_steps
 from rpp_learner.sharding import (
     full_parameters,
     is_sharded,
@@ -82,6 +83,7 @@ class Trainer:
         check_model_path(cfg.model.path)
         self.scorer = RewardScorer(cfg.rewards.services)
         self.separators: dict[str, str] = {}
+        self._warned_steps: set[str] = set()
         self.service_infos: dict[str, ServiceInfo] = {}
         if cfg.rewards.check_at_start:
             self.service_infos = self.scorer.check(cfg.rewards.connect_timeout_s)
@@ -307,6 +309,7 @@ class Trainer:
             rollout.batch.truncated.tolist(), separators=self.separators,
             step_score_transform=self.cfg.algo.step_score_transform,
         )
+        self._warn_degenerate_steps(scored)
         failed = all_reduce_sum(torch.tensor(float((~scored.valid).sum())))
         total = len(rollout.texts) * self.world
         if failed.item() > self.cfg.rewards.max_failure_fraction * total:
@@ -317,6 +320,21 @@ class Trainer:
                 f"{'; '.join(scored.first_errors) or '(on another process)'}. Checkpoint saved."
             )
         return scored
+
+    def _warn_degenerate_steps(self, scored: ScoredBatch) -> None:
+        """Once per service and run, loudly: its steps look degenerate (see degenerate_steps)."""
+        for name, counts in scored.step_counts.items():
+            why = degenerate_steps(counts)
+            if why is None or name in self._warned_steps or not self.acc.is_main_process:
+                continue
+            self._warned_steps.add(name)
+            separator = self.separators.get(name, "\n\n")
+            print(
+                f"rpp-train: WARNING: process service {name!r}: {why} at step {self.step + 1}; it splits "
+                f"responses on {separator!r}. Dense credit has collapsed to one score per response: check "
+                "the service's --step-separator against how the policy writes its steps.",
+                file=sys.stderr, flush=True,
+            )
 
     def _advantages(self, rollout: Rollout, scored: ScoredBatch, mask, old_logp, ref_logp):
         algo = self.cfg.algo

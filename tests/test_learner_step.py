@@ -189,3 +189,20 @@ def test_each_generated_chunk_is_scored_while_the_next_ones_generate(tmp_path, p
     assert sorted(ARRIVALS) == sorted(f"s1-r0-{i}" for i in range(8))  # global ids across chunks
     assert max(ARRIVALS["s1-r0-0"], ARRIVALS["s1-r0-1"]) < generated_at[-1]
 
+
+
+def test_a_separator_the_policy_never_writes_is_reported_loudly_once(tmp_path, policy_dir, capsys):
+    """Every response comes back as one step: the run says so, once, with the numbers."""
+    from reward_server.scorers.user_function import UserFunctionScorer
+    from reward_server.server import ServerConfig, start_in_thread
+
+    one_step = UserFunctionScorer("tests.helpers.learner_rewards:step_length_score", "process", step_separator="@@@")
+    with reward_services(process=False) as handles, start_in_thread(one_step, ServerConfig(metrics_port=None)) as prm:
+        handles["process"] = prm
+        cfg = build(run_config(tmp_path, policy_dir, handles, total_steps=2,
+                               logging={"progress_bar": False, "tensorboard": False, "plot": False}))
+        with Trainer(cfg) as trainer:
+            trainer.train()
+    err = capsys.readouterr().err
+    assert err.count("WARNING: process service 'prm'") == 1
+    assert "8 of 8 responses came back as a single step" in err and "splits responses on '@@@'" in err

@@ -77,6 +77,10 @@ def load_function(spec: str) -> Callable[..., Any]:
         path = Path(location).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"user function file {str(path)!r} (from spec {spec!r}) does not exist")
+        # As Python does for a script: the file's folder goes on the path, so the file can
+        # import the modules beside it.
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         module_spec = importlib.util.spec_from_file_location(f"rpp_user_reward_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         # Registered before running, as importlib's recipe does, so dataclasses and pickle
