@@ -28,14 +28,22 @@ def quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def check_model_path(path: str) -> None:
+def check_model_path(path: str) -> str:
+    """The model directory ``path`` names: itself, or the ``policy/`` inside an rpp
+    checkpoint directory (``output_dir/checkpoints/step_N``); a clear error otherwise."""
     p = Path(path).expanduser()
     looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local and not (p / "config.json").is_file():
-        raise ConfigError(
-            f"model.path {path!r} is not a Hugging Face model directory (no config.json there); "
-            "point it at a directory saved with save_pretrained, or a hub id like org/name"
-        )
+    if not looks_local or (p / "config.json").is_file():
+        return path
+    if (p / "policy" / "config.json").is_file():
+        return str(p / "policy")  # an rpp checkpoint: its Hugging Face model is policy/
+    hint = ""
+    if (p / "checkpoints").is_dir():
+        hint = f" It looks like an rpp run directory: its models are in {p / 'checkpoints'}/step_N/policy."
+    raise ConfigError(
+        f"model.path {path!r} is not a Hugging Face model directory (no config.json there); "
+        f"point it at a directory saved with save_pretrained, or a hub id like org/name.{hint}"
+    )
 
 
 def load_causal_lm(path: str, cfg: ModelConfig, dtype: torch.dtype | None = None) -> torch.nn.Module:

@@ -80,7 +80,7 @@ class Trainer:
             self.eval_records = load_records(cfg.data.eval_path, cfg.data.prompt_field, cfg.data.reference_field)
         else:
             self.train_records, self.eval_records = split_held_out(records, cfg.data.eval_size, cfg.seed)
-        check_model_path(cfg.model.path)
+        cfg.model.path = check_model_path(cfg.model.path)  # a checkpoint dir means its policy/
         self.scorer = RewardScorer(cfg.rewards.services)
         self.separators: dict[str, str] = {}
         self._warned_steps: set[str] = set()

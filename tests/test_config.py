@@ -128,3 +128,15 @@ def test_example_configs_load():
     for path in paths:
         cfg = load_config(path)
         assert cfg.rewards.services and cfg.model.path, path
+
+
+def test_a_checkpoint_directory_is_taken_as_its_policy(tmp_path):
+    from rpp_learner.models import check_model_path
+
+    step = tmp_path / "run" / "checkpoints" / "step_3"
+    (step / "policy").mkdir(parents=True)
+    (step / "policy" / "config.json").write_text("{}")
+    assert check_model_path(str(step)) == str(step / "policy")
+    assert check_model_path(str(step / "policy")) == str(step / "policy")
+    with pytest.raises(ConfigError, match=r"rpp run directory: its models are in .*checkpoints/step_N/policy"):
+        check_model_path(str(tmp_path / "run"))
