@@ -41,7 +41,7 @@ from rpp_learner.data import PromptOrder, encode_prompt, load_records, split_hel
 from rpp_learner.forward import batched_logprobs
 from rpp_learner.metrics_log import MetricsLogger
 from rpp_learner.models import check_model_path, load_causal_lm
-from rpp_learner.rollout import SamplingParams, eos_token_ids, make_engine
+from rpp_learner.rollout import SamplingParams, check_engine, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
 from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores, degenerate_steps
@@ -81,6 +81,7 @@ class Trainer:
         else:
             self.train_records, self.eval_records = split_held_out(records, cfg.data.eval_size, cfg.seed)
         cfg.model.path = check_model_path(cfg.model.path)  # a checkpoint dir means its policy/
+        check_engine(cfg)
         self.scorer = RewardScorer(cfg.rewards.services)
         self.separators: dict[str, str] = {}
         self._warned_steps: set[str] = set()

@@ -140,3 +140,18 @@ def test_a_checkpoint_directory_is_taken_as_its_policy(tmp_path):
     assert check_model_path(str(step / "policy")) == str(step / "policy")
     with pytest.raises(ConfigError, match=r"rpp run directory: its models are in .*checkpoints/step_N/policy"):
         check_model_path(str(tmp_path / "run"))
+
+
+def test_cli_vllm_engine_without_vllm_exits_2_before_loading(tmp_path, capsys):
+    """The model path here is not even a model: the refusal comes before any loading."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    data = {**BASE, "model": {"path": str(tmp_path / "model")}, "data": {"train_path": str(tmp_path / "prompts.jsonl")},
+            "rollout": {"engine": "vllm"}, "rewards": {**BASE["rewards"], "check_at_start": False}}
+    err = _cli_error(capsys, ["--config", write(tmp_path, data)])
+    assert "rollout.engine=vllm but vLLM is not installed" in err

