@@ -13,7 +13,14 @@ that task fails. The other workers go on with their tasks.
 ``setup(*setup_args)`` runs once in each worker and returns the handler that every task's
 arguments are applied to; it must be importable by name (spawned workers import it). A
 worker takes tasks once its setup is done, and a task's timeout counts from when a worker
-takes it, so start-up and queueing never count against it. Answers come back on one
+takes it, so start-up and queueing never count against it.
+
+A plain handler runs one task at a time per worker, and the pool kills a worker whose
+task runs past its timeout. An ``async def`` handler (``concurrency`` > 1) runs up to
+``concurrency`` tasks at once on the worker's event loop, as I/O-bound reward functions
+(a remote judge) need; the worker cancels a task past its timeout itself, and the pool
+kills the worker only if it stops answering (a handler that blocks its loop), failing the
+tasks it held. Answers come back on one
 reader thread per worker (a large answer never blocks the event loop while it is read);
 all bookkeeping happens on the event loop of the caller.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import itertools
 import logging
 import multiprocessing
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ERROR_CHARS = 500
 _READY = None  # the task id of the message a worker sends once its setup is done
+_ASYNC_GRACE_S = 5.0  # an async worker that misses a task's timeout by this much is stuck
 
 
 class TaskTimeout(Exception):
@@ -68,6 +77,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
 
 
+def _send(conn: Connection, reply: tuple) -> None:
+    try:
+        conn.send(reply)
+    except Exception as exc:  # noqa: BLE001 - e.g. an answer that cannot be pickled
+        conn.send((reply[0], False, f"the answer could not be sent back: {_describe(exc)}"))
+
+
 def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], setup_args: tuple, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     try:
@@ -76,6 +92,9 @@ def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], set
         conn.send((_READY, False, f"worker setup failed: {_describe(exc)}"))
         return
     conn.send((_READY, True, None))
+    if inspect.iscoroutinefunction(handler):
+        _serve_async(conn, handler)
+        return
     while True:
         try:
             message = conn.recv()
@@ -83,15 +102,40 @@ def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], set
             return  # the server is gone
         if message is None:
             return
-        task_id, args = message
+        task_id, args, _timeout = message  # the pool kills this worker past the timeout
         try:
             reply = (task_id, True, handler(*args))
         except BaseException as exc:  # noqa: BLE001 - reported to the caller, the worker lives on
             reply = (task_id, False, _describe(exc))
+        _send(conn, reply)
+
+
+def _serve_async(conn: Connection, handler: Callable[..., Any]) -> None:
+    """Run tasks concurrently on one event loop; a task past its timeout is cancelled here."""
+    loop = asyncio.new_event_loop()
+
+    async def run(task_id: int, args: tuple, timeout_s: float) -> None:
         try:
-            conn.send(reply)
-        except Exception as exc:  # noqa: BLE001 - e.g. an answer that cannot be pickled
-            conn.send((task_id, False, f"the answer could not be sent back: {_describe(exc)}"))
+            reply = (task_id, True, await asyncio.wait_for(handler(*args), timeout_s))
+        except TimeoutError:
+            reply = (task_id, None, f"did not finish within {timeout_s:g} s and was cancelled")
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller, the worker lives on
+            reply = (task_id, False, _describe(exc))
+        _send(conn, reply)
+
+    def receive() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = None
+            if message is None:
+                loop.call_soon_threadsafe(loop.stop)
+                return
+            loop.call_soon_threadsafe(lambda m=message: loop.create_task(run(*m)))
+
+    threading.Thread(target=receive, name="task-receiver", daemon=True).start()
+    loop.run_forever()
 
 
 # ----------------------------------------------------------------------------- the pool side
@@ -103,6 +147,7 @@ class _Task:
     args: tuple
     done: asyncio.Future
     started: asyncio.Future  # set when a worker takes it
+    timeout_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -111,7 +156,7 @@ class _Worker:
     conn: Connection
     index: int
     ready: bool = False  # setup done: it takes tasks
-    task: _Task | None = None
+    tasks: dict[int, _Task] = field(default_factory=dict)  # running on it, by id
     reader: threading.Thread | None = field(default=None, repr=False)
 
     def kill(self) -> None:
@@ -124,10 +169,18 @@ class _Worker:
 class WorkerPool:
     """``size`` spawned worker processes; ``run`` awaits one task's answer with a timeout."""
 
-    def __init__(self, size: int, setup: Callable[..., Callable[..., Any]], setup_args: tuple = (), name: str = "pool"):
-        if size < 1:
-            raise ValueError(f"a worker pool needs at least 1 worker (got {size})")
+    def __init__(
+        self,
+        size: int,
+        setup: Callable[..., Callable[..., Any]],
+        setup_args: tuple = (),
+        name: str = "pool",
+        concurrency: int = 1,
+    ):
+        if size < 1 or concurrency < 1:
+            raise ValueError(f"a worker pool needs at least 1 worker and 1 task per worker (got {size}, {concurrency})")
         self.size, self.setup, self.setup_args, self.name = size, setup, setup_args, name
+        self.concurrency = concurrency  # tasks at once per worker (> 1: its handler is async def)
         # spawn, not fork: the server process has gRPC and torch threads.
         self._context = multiprocessing.get_context("spawn")
         self._ids = itertools.count()
@@ -148,16 +201,18 @@ class WorkerPool:
         if self._broken:
             raise TaskFailed(self._broken)
         loop = self._loop
-        task = _Task(next(self._ids), args, loop.create_future(), loop.create_future())
+        task = _Task(next(self._ids), args, loop.create_future(), loop.create_future(), timeout_s)
         task.done.add_done_callback(_retrieve)  # a caller that gave up never reads it
         self._waiting.append(task)
         self._pump()
+        # An async worker cancels its own late tasks; it is killed only if it stops answering.
+        limit = timeout_s if self.concurrency == 1 else timeout_s + _ASYNC_GRACE_S
         try:
             await task.started
-            return await asyncio.wait_for(asyncio.shield(task.done), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(task.done), limit)
         except TimeoutError:
-            self._kill_running(task, f"ran past {timeout_s:g} s")
-            raise TaskTimeout(f"did not finish within {timeout_s:g} s; its worker was killed and replaced") from None
+            self._kill_running(task, f"ran past {limit:g} s")
+            raise TaskTimeout(f"did not finish within {limit:g} s; its worker was killed and replaced") from None
         except asyncio.CancelledError:
             if task in self._waiting:
                 self._waiting.remove(task)
@@ -181,13 +236,13 @@ class WorkerPool:
         if self._loop is loop:
             return
         if self._loop is not None and not self._loop.is_closed() and (
-            self._waiting or any(w.task is not None for w in self._workers)
+            self._waiting or any(w.tasks for w in self._workers)
         ):
             raise RuntimeError(f"worker pool {self.name!r} is busy on another event loop")
         self._loop = loop
         self._waiting.clear()
         for worker in self._workers:
-            worker.task = None  # an answer still on its way is for a loop that is gone
+            worker.tasks.clear()  # an answer still on its way is for a loop that is gone
 
     def _spawn(self, index: int) -> _Worker:
         parent, child = self._context.Pipe()
@@ -224,26 +279,26 @@ class WorkerPool:
             pass  # the loop is closed; _bind resets the state for the next one
 
     def _pump(self) -> None:
-        """Hand waiting tasks to free workers."""
-        for worker in list(self._workers):
-            if not self._waiting:
+        """Hand waiting tasks to the least busy workers with room."""
+        while self._waiting:
+            free = [w for w in self._workers if w.ready and len(w.tasks) < self.concurrency]
+            if not free:
                 return
-            if worker.task is not None or not worker.ready:
-                continue
+            worker = min(free, key=lambda w: len(w.tasks))
             if not worker.process.is_alive():
                 self._replace(worker)
                 continue
             task = self._waiting.popleft()
-            worker.task = task
+            worker.tasks[task.id] = task
             try:
-                worker.conn.send((task.id, task.args))
+                worker.conn.send((task.id, task.args, task.timeout_s))
             except Exception as exc:  # noqa: BLE001 - unpicklable arguments, or a dead worker
-                worker.task = None
+                del worker.tasks[task.id]
                 _settle(task.done, False, f"could not send the task to a worker: {_describe(exc)}")
             if not task.started.done():
                 task.started.set_result(None)
 
-    def _on_message(self, worker: _Worker, task_id: int | None, ok: bool, value: Any) -> None:
+    def _on_message(self, worker: _Worker, task_id: int | None, ok: bool | None, value: Any) -> None:
         if worker not in self._workers:
             return  # killed and replaced already
         if task_id is _READY:
@@ -257,25 +312,35 @@ class WorkerPool:
                         task.started.set_result(None)
             self._pump()
             return
-        if worker.task is not None and worker.task.id == task_id:
-            task, worker.task = worker.task, None
-            _settle(task.done, ok, value)
+        task = worker.tasks.pop(task_id, None)
+        if task is not None:
+            if ok is None:  # the worker cancelled it past its timeout
+                if not task.done.done():
+                    task.done.set_exception(TaskTimeout(str(value)))
+            else:
+                _settle(task.done, ok, value)
         self._pump()
 
     def _on_exit(self, worker: _Worker) -> None:
         if worker not in self._workers:
             return  # killed on purpose and replaced already
-        if worker.task is not None:
-            _settle(worker.task.done, False, f"the worker process died (exit code {worker.process.exitcode}) while running it")
-            worker.task = None
+        for task in worker.tasks.values():
+            _settle(task.done, False, f"the worker process died (exit code {worker.process.exitcode}) while running it")
+        worker.tasks.clear()
         if self._broken is None:
             self._replace(worker)
+            self._pump()
 
     def _kill_running(self, task: _Task, why: str) -> None:
         for worker in list(self._workers):
-            if worker.task is task:
-                log.warning("%s worker %d %s; killing it and starting a new one", self.name, worker.index, why)
+            if task.id in worker.tasks:
+                log.warning("%s worker %d: a task %s; killing the worker and starting a new one", self.name, worker.index, why)
+                del worker.tasks[task.id]
+                for other in worker.tasks.values():  # they shared its blocked event loop
+                    _settle(other.done, False, f"its worker was killed because another task on it {why}")
+                worker.tasks.clear()
                 self._replace(worker)
+                self._pump()
                 return
 
     def _replace(self, worker: _Worker) -> None:

@@ -57,6 +57,16 @@ USER_CODE = textwrap.dedent(
 
     def none_step(sample, steps):
         return [None] * len(steps)
+
+    in_flight = 0
+
+    async def concurrency_seen(sample):
+        global in_flight
+        in_flight += 1
+        seen = in_flight
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        return float(seen)
     '''
 )
 
@@ -144,3 +154,13 @@ def test_bad_specs_fail_at_construction(user_file, tmp_path):
         UserFunctionScorer(f"{broken}:f")
     with pytest.raises(ValueError, match="kind 'both'"):
         UserFunctionScorer(f"{user_file}:length", "both")
+
+
+def test_an_async_function_scores_many_samples_at_once_in_one_worker(user_file):
+    """I/O-bound rewards (a remote judge) need concurrency: one worker holds every sample."""
+    scorer = UserFunctionScorer(f"{user_file}:concurrency_seen", workers=1)
+    try:
+        results = run(scorer, [Sample(id=f"c{i}", prompt="q", response="r") for i in range(16)])
+    finally:
+        scorer.close()
+    assert max(r.outcome for r in results) == 16.0

@@ -9,13 +9,15 @@ or ``"path/to/file.py:function"``. Signatures:
 
 The function may be ``async def`` or a plain ``def``. Where it runs (``isolation``):
 
-- ``process`` (default): in ``workers`` spawned worker processes (``reward_server.workers``),
-  one sample at a time per worker, each worker with its own event loop for ``async def``
-  functions. A call that takes longer than ``timeout_s`` gets its worker killed and
-  replaced, and that sample a TIMEOUT error; the other samples, and other callers, go on.
-  A function that never returns, blocks its event loop or crashes the interpreter costs
-  one worker for ``timeout_s``, never the replica. Each worker imports the function once,
-  so module-level state (a loaded model, a client session) is per worker.
+- ``process`` (default): in ``workers`` spawned worker processes (``reward_server.workers``).
+  A plain ``def`` runs one sample at a time per worker; past ``timeout_s`` its worker is
+  killed and replaced and that sample gets a TIMEOUT error. An ``async def`` runs up to 64
+  samples at once on each worker's event loop (I/O-bound rewards, a remote judge); past
+  ``timeout_s`` a sample is cancelled with a TIMEOUT error, and a worker whose loop stops
+  answering (a blocking call inside ``async def``) is killed with the samples it held.
+  The other workers, and other callers, go on: no function can freeze the replica. Each
+  worker imports the function once, so module-level state (a loaded model, a client
+  session) is per worker.
 - ``thread``: in the server process, as before: sync functions in threads, ``async def``
   awaited on the scorer's event loop, every sample of a batch at once. Use it for a
   function that must share in-process state; a stuck call cannot be killed there (the
@@ -56,6 +58,7 @@ from reward_server.workers import TaskFailed, TaskTimeout, WorkerPool
 
 ISOLATIONS = ("process", "thread")
 _SPLIT_OFF_LOOP_CHARS = 64 * 1024
+ASYNC_TASKS_PER_WORKER = 64  # samples an async def function handles at once in each worker
 
 
 @dataclass
@@ -143,7 +146,11 @@ class UserFunctionScorer(Scorer):
         self.step_separator = step_separator
         self.timeout_s = timeout_s
         self._is_async = _is_async(function)
-        self._pool = WorkerPool(workers, make_handler, (_absolute_spec(spec),), name="user-function") if isolation == "process" else None
+        self._pool = (
+            WorkerPool(workers, make_handler, (_absolute_spec(spec),), name="user-function",
+                       concurrency=ASYNC_TASKS_PER_WORKER if self._is_async else 1)
+            if isolation == "process" else None
+        )
         # Batches go to free workers while another batch waits for a slow sample.
         self.max_concurrent_batches = workers if self._pool is not None else 1
         self._threads = (
@@ -258,9 +265,16 @@ def _absolute_spec(spec: str) -> str:
 
 
 def make_handler(spec: str) -> Callable[..., Any]:
-    """Runs in each worker process: load the function once, return what calls it."""
+    """Runs in each worker process: load the function once, return what calls it (an
+    ``async def`` for an async function, so the worker runs its samples concurrently)."""
     function = load_function(spec)
-    loop = asyncio.new_event_loop()  # one per worker, so async clients and sessions persist
+    if _is_async(function):
+
+        async def call_async(*args: Any) -> Any:
+            return await function(*args)
+
+        return call_async
+    loop = asyncio.new_event_loop()  # for a sync function that returns an awaitable
 
     def call(*args: Any) -> Any:
         value = function(*args)
