@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from quickstart.task import TaskConfig, demonstration, max_distinct, sample_problems, solution
@@ -115,6 +117,10 @@ def train_sft_model(
     steps = len(texts) // sft.batch_size
     schedule = transformers.get_cosine_schedule_with_warmup(optimizer, sft.warmup_steps, steps)
     model.train()
+    # The same kind of bar as the RL loop, with an ETA; off a terminal (CI logs) it updates
+    # rarely instead of once a step.
+    bar = tqdm(total=steps, desc="[sft]", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     for step in range(steps):
         batch = texts[step * sft.batch_size : (step + 1) * sft.batch_size]
         input_ids, attention_mask, labels = collate(tokenizer, batch)
@@ -124,8 +130,11 @@ def train_sft_model(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
-            log(f"[sft] step {step + 1}/{steps} loss {loss.item():.3f}")
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    log(f"[sft] {steps} steps, last loss {loss.item():.3f}")
     model.eval()
     return model, tokenizer
 
