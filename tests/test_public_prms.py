@@ -57,46 +57,47 @@ def skywork_samples() -> list[tuple[str, str]]:  # Skywork's steps are lines
 # ------------------------------------------------------------------ checkpoints and references
 
 
+def released_checkpoint(tmp_path_factory, name, tok, config, *, qkv_bias, heads, seed):
+    """A family's tiny checkpoint: decoder + its heads written in the released layout.
+    Returns (path, config, stored weights in float32, the tokenizer as loaded from path)."""
+    h, vocab = config["hidden_size"], config["vocab_size"]
+    shapes = {key: tuple({"h": h, "vocab": vocab}.get(d, d) for d in dims) for key, dims in heads.items()}
+    weights = decoder_weights(config, qkv_bias=qkv_bias, seed=seed) | head_weights(shapes, seed=seed + 1)
+    path = tmp_path_factory.mktemp(name)
+    return path, config, write_checkpoint(path, config, weights, tok), AutoTokenizer.from_pretrained(path)
+
+
+LM_HEAD = {"lm_head.weight": ("vocab", "h")}
+
+
 @pytest.fixture(scope="module")
 def qwen_prm(tmp_path_factory):
     tok = qwen_tokenizer()
     config = qwen2_config_json(tok, "Qwen2ForProcessRewardModel", auto_map=QWEN_PRM_AUTO_MAP)
-    h = config["hidden_size"]
-    weights = decoder_weights(config, qkv_bias=True, seed=1) | head_weights(
-        {"score.0.weight": (h, h), "score.0.bias": (h,), "score.2.weight": (2, h), "score.2.bias": (2,)}, seed=2)
-    path = tmp_path_factory.mktemp("qwen_prm")
-    return path, config, write_checkpoint(path, config, weights, tok), AutoTokenizer.from_pretrained(path)
+    heads = {"score.0.weight": ("h", "h"), "score.0.bias": ("h",), "score.2.weight": (2, "h"), "score.2.bias": (2,)}
+    return released_checkpoint(tmp_path_factory, "qwen_prm", tok, config, qkv_bias=True, heads=heads, seed=1)
 
 
 @pytest.fixture(scope="module")
 def skywork_prm(tmp_path_factory):
     tok = qwen_tokenizer()
     config = qwen2_config_json(tok, "Qwen2ForPrmModel")
-    h, vocab = config["hidden_size"], config["vocab_size"]
-    weights = decoder_weights(config, qkv_bias=True, seed=3) | head_weights(
-        {"v_head.summary.weight": (1, h), "v_head.summary.bias": (1,), "lm_head.weight": (vocab, h)}, seed=4)
-    path = tmp_path_factory.mktemp("skywork_prm")
-    return path, config, write_checkpoint(path, config, weights, tok), AutoTokenizer.from_pretrained(path)
+    heads = {"v_head.summary.weight": (1, "h"), "v_head.summary.bias": (1,), **LM_HEAD}
+    return released_checkpoint(tmp_path_factory, "skywork_prm", tok, config, qkv_bias=True, heads=heads, seed=3)
 
 
 @pytest.fixture(scope="module")
 def rlhflow_prm(tmp_path_factory):
     tok = llama31_tokenizer()
-    config = llama31_config_json(tok)
-    weights = decoder_weights(config, qkv_bias=False, seed=5) | head_weights(
-        {"lm_head.weight": (config["vocab_size"], config["hidden_size"])}, seed=6)
-    path = tmp_path_factory.mktemp("rlhflow_prm")
-    return path, config, write_checkpoint(path, config, weights, tok), AutoTokenizer.from_pretrained(path)
+    return released_checkpoint(tmp_path_factory, "rlhflow_prm", tok, llama31_config_json(tok),
+                               qkv_bias=False, heads=LM_HEAD, seed=5)
 
 
 @pytest.fixture(scope="module")
 def shepherd_prm(tmp_path_factory):
     tok = sentencepiece_style_tokenizer()
-    config = mistral_config_json(tok)
-    weights = decoder_weights(config, qkv_bias=False, seed=7) | head_weights(
-        {"lm_head.weight": (config["vocab_size"], config["hidden_size"])}, seed=8)
-    path = tmp_path_factory.mktemp("shepherd_prm")
-    return path, config, write_checkpoint(path, config, weights, tok), AutoTokenizer.from_pretrained(path)
+    return released_checkpoint(tmp_path_factory, "shepherd_prm", tok, mistral_config_json(tok),
+                               qkv_bias=False, heads=LM_HEAD, seed=7)
 
 
 def qwen_reference(weights, config, tok, prompt: str, steps: list[str]) -> tuple[str, list[float]]:
