@@ -95,7 +95,9 @@ def learner_config(cfg: QuickstartConfig, model_dir: Path, data: dict[str, Path]
         services.append(
             {"name": "steps_mean", "kind": "outcome", "targets": [addresses["steps_mean"]], "weight": cfg.process_weight}
         )
-    group_estimator = cfg.estimator not in ("reinforce_pp", "reinforce_pp_baseline")
+    from rpp_learner.algorithms import ESTIMATORS
+
+    group_estimator = not ESTIMATORS[cfg.estimator].dense
     rollout_batch = cfg.prompts_per_step * cfg.samples_per_prompt
     return {
         "model": {"path": str(model_dir)},

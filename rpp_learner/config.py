@@ -4,13 +4,23 @@
 
 Every field has a type and a default (defaults follow the REINFORCE++ report: k1 KL in
 the reward, kl_coef 0.01, gamma 1, clip 0.2, global whitening, lr 5e-7, 4 samples per
-prompt). Unknown keys and values of the wrong type raise ``ConfigError`` naming the full
-key (``algo.kl_coef``), before any model is loaded.
+prompt). An estimator registered with KL defaults of its own (REINFORCE++-baseline and
+GRPO take KL as a loss term) has them applied to the ``algo`` fields a run leaves unset,
+with a line saying so. Unknown keys and values of the wrong type raise ``ConfigError``
+naming the full key (``algo.kl_coef``), before any model is loaded.
+
+``algo.estimator``, ``algo.process_credit`` and ``algo.step_score_transform`` are checked
+against the registries of ``rpp_learner.algorithms``; ``algo.plugins`` names modules to
+import first, so a user's own registered estimator or credit mode can be selected.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,9 +94,10 @@ class RewardsConfig:
 
 @dataclass
 class AlgoConfig:
-    estimator: Literal["reinforce_pp", "reinforce_pp_baseline", "grpo", "rloo", "dr_grpo"] = (
-        "reinforce_pp"
-    )
+    # Modules imported before the names below are checked: they may register estimators,
+    # credit modes and step-score transforms of their own (rpp_learner.algorithms).
+    plugins: list[str] = field(default_factory=list)
+    estimator: str = "reinforce_pp"  # a name in rpp_learner.algorithms.ESTIMATORS
     kl_coef: float = 0.01  # beta of the per-token KL in the reward
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     kl_loss_coef: float = 0.0  # KL as a loss term instead (REINFORCE++-baseline: k2, 1e-4..1e-3)
@@ -96,8 +107,12 @@ class AlgoConfig:
     clip_high: float = 0.2
     dual_clip: float | None = None
     reward_clip: float = 10.0
-    process_credit: Literal["sum", "min"] = "sum"
-    step_score_transform: Literal["identity", "centered", "log"] = "identity"
+    process_credit: str = "sum"  # sum | min | outcome_centered | first_error (CREDIT_MODES)
+    step_score_transform: str = "identity"  # identity | centered | log (STEP_SCORE_TRANSFORMS)
+    # first_error credit reads the raw PRM score: a step scored below this is rejected,
+    # and only responses whose outcome is below correct_outcome_threshold are touched.
+    first_error_reject_below: float = 0.5
+    correct_outcome_threshold: float = 0.5
     ppo_epochs: int = 1
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
     normalize_reward: bool = False  # outcome -> (R - running mean) / running std
@@ -324,6 +339,58 @@ def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
     return pairs
 
 
+def import_plugins(modules: list[str]) -> None:
+    """Import each ``algo.plugins`` module (the working directory is searched too)."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for i, name in enumerate(modules):
+        if not isinstance(name, str):
+            raise ConfigError(f"algo.plugins.{i}: expected a module name, got {name!r}")
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001  (any failure is the plugin's; name it)
+            raise ConfigError(f"algo.plugins.{i}: cannot import {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def apply_estimator_defaults(raw: dict[str, Any]) -> list[str]:
+    """Fill the ``algo`` fields a run leaves unset with its estimator's registered defaults
+    (in place); returns the ``key=value`` pairs applied."""
+    from rpp_learner.algorithms import ESTIMATORS
+
+    algo = raw.get("algo")
+    if algo is None:
+        algo = raw["algo"] = {}
+    if not isinstance(algo, dict):
+        return []  # _build reports it
+    import_plugins(list(algo.get("plugins") or []))
+    spec = ESTIMATORS.get(algo.get("estimator", AlgoConfig.estimator))
+    if spec is None:
+        return []  # validate() names the unknown estimator
+    applied = []
+    for key, value in spec.defaults.items():
+        if key not in algo:
+            algo[key] = value
+            applied.append(f"{key}={value}")
+    return applied
+
+
+def _announce_defaults(estimator: str, applied: list[str]) -> None:
+    if applied and os.environ.get("RANK", "0") == "0":
+        print(
+            f"rpp: algo.estimator {estimator}: using its defaults {', '.join(applied)} "
+            "(set them in the config to override)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _build_config(raw: dict[str, Any]) -> Config:
+    applied = apply_estimator_defaults(raw)
+    cfg = validate(_build(Config, raw))
+    _announce_defaults(cfg.algo.estimator, applied)
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (if given), apply ``--dotted.key value`` overrides, type-check everything."""
     raw: dict[str, Any] = {}
@@ -337,12 +404,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = loaded
     for key_path, value in parse_overrides(overrides or []):
         _set_path(raw, key_path, value)
-    return validate(_build(Config, raw))
+    return _build_config(raw)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from a plain dict (the programmatic API)."""
-    return validate(_build(Config, data))
+    return _build_config(copy.deepcopy(data))
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -380,12 +447,7 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 (evaluation is always greedy)")
-    if cfg.algo.estimator in ("reinforce_pp_baseline", "grpo", "rloo", "dr_grpo") and (
-        cfg.rollout.samples_per_prompt < 2
-    ):
-        raise ConfigError(
-            f"algo.estimator {cfg.algo.estimator} needs a group: set rollout.samples_per_prompt >= 2"
-        )
+    _validate_algo(cfg)
     if not 0.0 <= cfg.rewards.max_failure_fraction <= 1.0:
         raise ConfigError("rewards.max_failure_fraction must be in [0, 1]")
     if not cfg.rewards.services:
@@ -407,3 +469,52 @@ def validate(cfg: Config) -> Config:
     if cfg.eval.service is not None and cfg.eval.service not in names:
         raise ConfigError(f"eval.service {cfg.eval.service!r} is not a configured reward service")
     return cfg
+
+
+def _one_of(key: str, value: str, registry: dict[str, Any]) -> Any:
+    if value not in registry:
+        raise ConfigError(
+            f"{key}: {value!r} is not registered; choose one of {', '.join(map(repr, registry))} "
+            "(or register your own in a module named in algo.plugins)"
+        )
+    return registry[value]
+
+
+def _validate_algo(cfg: Config) -> None:
+    """The algorithm's names against the registries, and what the chosen ones need."""
+    from rpp_learner.algorithms import CREDIT_MODES, ESTIMATORS, STEP_SCORE_TRANSFORMS
+
+    algo = cfg.algo
+    import_plugins(algo.plugins)
+    estimator = _one_of("algo.estimator", algo.estimator, ESTIMATORS)
+    credit = _one_of("algo.process_credit", algo.process_credit, CREDIT_MODES)
+    _one_of("algo.step_score_transform", algo.step_score_transform, STEP_SCORE_TRANSFORMS)
+    groups = cfg.rollout.samples_per_prompt >= 2
+    if estimator.needs_groups and not groups:
+        raise ConfigError(f"algo.estimator {algo.estimator} needs a group: set rollout.samples_per_prompt >= 2")
+    has_process = any(s.kind == "process" for s in cfg.rewards.services)
+    if not estimator.dense:
+        if algo.kl_coef != 0.0:
+            raise ConfigError(
+                f"algo.estimator {algo.estimator} gives one advantage per response and cannot take KL in "
+                "the reward: set algo.kl_coef 0 and use algo.kl_loss_coef for a KL loss term"
+            )
+        if has_process:
+            raise ConfigError(
+                f"algo.estimator {algo.estimator} reduces each response to one number and cannot credit "
+                "a process service: use reinforce_pp (or reinforce_pp_baseline), or fold the step scores "
+                "into an outcome service"
+            )
+    if has_process and credit.needs_groups and not groups:
+        raise ConfigError(
+            f"algo.process_credit {algo.process_credit} compares the responses to one prompt: set "
+            "rollout.samples_per_prompt >= 2"
+        )
+    if has_process and credit.needs_outcome:
+        if not any(s.kind == "outcome" for s in cfg.rewards.services):
+            raise ConfigError(f"algo.process_credit {algo.process_credit} needs an outcome service")
+        if algo.normalize_reward:
+            raise ConfigError(
+                f"algo.process_credit {algo.process_credit} reads the outcome as scored; "
+                "algo.normalize_reward shifts it: turn one of them off"
+            )

@@ -80,7 +80,9 @@ def save_rollout(path: Path, rollout: Rollout, scored: ScoredBatch, adv) -> None
             "mask": adv.mask,
             "outcome": scored.outcome,
             "step_token_index": scored.step_token_index,
-            "step_scores": scored.step_scores,
+            "step_scores": scored.step_scores,  # raw, as the services sent them
+            "step_weights": scored.step_weights,
+            "step_rewards": adv.step_rewards,  # p_j = clip(alpha * w_j * f(s_j))
             "valid": scored.valid,
             "dense_rewards": adv.dense_rewards,
             "advantages": adv.advantages,

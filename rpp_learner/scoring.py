@@ -24,7 +24,7 @@ import torch
 from reward_server.client import RewardClient, RewardServiceError, RewardServiceUnavailable
 from reward_server.security import TLSConfig
 from reward_server.types import Result, RewardKind, Sample, SampleError, ServiceInfo, Span
-from rpp_learner.algorithms.rewards import pad_steps, transform_step_scores
+from rpp_learner.algorithms.rewards import pad_steps
 from rpp_learner.config import RewardServiceConfig
 from rpp_learner.credit import step_reward_tokens
 
@@ -45,12 +45,15 @@ class RewardSetupError(RuntimeError):
 class ScoredBatch:
     outcome: torch.Tensor  # [B] weighted sum of the outcome services (0 where invalid)
     step_token_index: torch.Tensor  # [B, S] reward token of each step, -1 = none
-    step_scores: torch.Tensor  # [B, S] weight * f(step score) of each step
+    step_scores: torch.Tensor  # [B, S] raw score of each step, as its service sent it
     valid: torch.Tensor  # [B] bool: every service scored this sample
     failures: dict[str, int] = field(default_factory=dict)  # per service
     first_errors: list[str] = field(default_factory=list)  # a few messages, for logs
     service_means: dict[str, float] = field(default_factory=dict)  # per-service mean score
     step_counts: dict[str, list[int]] = field(default_factory=dict)  # process service -> steps per scored sample
+    # [B, S] weight of the service that scored each step; the step-score formula itself
+    # (weight, transform, clip) is applied in one place, rpp_learner.algorithms.rewards.
+    step_weights: torch.Tensor | None = None
 
 
 def degenerate_steps(step_counts: list[int], min_samples: int = 8, share: float = 0.9) -> str | None:
@@ -172,15 +175,14 @@ class RewardScorer:
         self._loop.close()
 
 
-def _step_rewards_of(
-    result: Result, svc: RewardServiceConfig, text: str, token_end_bytes: list[int],
-    truncated: bool, separator: str, transform: str,
+def _steps_of(
+    result: Result, text: str, token_end_bytes: list[int], truncated: bool, separator: str
 ) -> tuple[list[int], list[float]]:
+    """(reward token, raw score) of each step of one result that has a reward token."""
     spans = [Span(s.span.start, s.span.end) for s in result.steps]
-    indices, scores = step_reward_tokens(
+    return step_reward_tokens(
         text, token_end_bytes, spans, [s.score for s in result.steps], truncated=truncated, separator=separator
     )
-    return indices, (svc.weight * transform_step_scores(torch.tensor(scores), transform)).tolist()
 
 
 def assemble_scores(
@@ -191,22 +193,23 @@ def assemble_scores(
     truncated: list[bool],
     *,
     separators: dict[str, str] | None = None,
-    step_score_transform: str = "identity",
     max_logged_errors: int = 5,
 ) -> ScoredBatch:
-    """Results of every service -> outcome [B] and (step_token_index, step_scores) [B, S].
+    """Results of every service -> outcome [B] and (step_token_index, step_scores,
+    step_weights) [B, S].
 
     ``texts[i]`` and ``token_end_bytes[i]`` come from ``rpp_learner.credit.decode_with_offsets``
     and map the returned byte spans to reward tokens; the unfinished last step of a
     truncated response gets no reward token (see ``credit.step_reward_tokens``), so
     ``separators`` (service name -> its step separator, default "\n\n") are needed.
-    Several process services add their step rewards (each times its weight).
+    Several process services add their steps, each step carrying its service's weight.
     """
     batch = len(texts)
     outcome = torch.zeros(batch)
     valid = torch.ones(batch, dtype=torch.bool)
     step_index: list[list[int]] = [[] for _ in range(batch)]
     step_value: list[list[float]] = [[] for _ in range(batch)]
+    step_weight: list[list[float]] = [[] for _ in range(batch)]
     failures: dict[str, int] = {}
     errors: list[str] = []
     means: dict[str, float] = {}
@@ -234,15 +237,15 @@ def assemble_scores(
                 scores.append(res.outcome)
             else:
                 try:
-                    idx, val = _step_rewards_of(
-                        res, svc, texts[i], token_end_bytes[i], truncated[i],
-                        (separators or {}).get(svc.name, "\n\n"), step_score_transform,
+                    idx, val = _steps_of(
+                        res, texts[i], token_end_bytes[i], truncated[i], (separators or {}).get(svc.name, "\n\n")
                     )
                 except ValueError as exc:  # a span outside the response, for example
                     fail(i, svc, f"bad step spans: {exc}")
                     continue
                 step_index[i] += idx
                 step_value[i] += val
+                step_weight[i] += [svc.weight] * len(val)
                 scores.extend(s.score for s in res.steps)
                 step_counts.setdefault(svc.name, []).append(len(res.steps))
         means[svc.name] = sum(scores) / len(scores) if scores else float("nan")
@@ -250,6 +253,7 @@ def assemble_scores(
     for i in range(batch):  # an invalid sample contributes nothing anywhere
         if not valid[i]:
             outcome[i] = 0.0
-            step_index[i], step_value[i] = [], []
+            step_index[i], step_value[i], step_weight[i] = [], [], []
     index, value = pad_steps(step_index, step_value)
-    return ScoredBatch(outcome, index, value, valid, failures, errors, means, step_counts)
+    _, weight = pad_steps(step_index, step_weight)
+    return ScoredBatch(outcome, index, value, valid, failures, errors, means, step_counts, weight)

@@ -26,6 +26,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 
+from rpp_learner.config import ConfigError
+
 
 def refuse_unsupported_sharding(accelerator: Accelerator) -> None:
     """FSDP1 and DeepSpeed would train, but checkpoints and rollouts need full weights in
@@ -40,6 +42,22 @@ def refuse_unsupported_sharding(accelerator: Accelerator) -> None:
         raise RuntimeError(
             "rpp_learner supports FSDP2 only; this run uses FSDP1. Set `fsdp_version: 2` in the "
             "accelerate config or pass `--fsdp_version 2` to accelerate launch."
+        )
+
+
+def refuse_gradient_accumulation(accelerator: Accelerator) -> None:
+    """rpp normalises each micro-batch's loss by the mini-batch's token (or sequence) count
+    itself (algorithms.loss), so ``accelerator.backward`` dividing it again by
+    gradient_accumulation_steps would shrink every gradient by that factor. Mini-batches
+    are already accumulated over micro-batches: refuse any other setting."""
+    steps = accelerator.gradient_accumulation_steps
+    if steps != 1:
+        raise ConfigError(
+            f"the accelerate config sets gradient_accumulation_steps={steps}; rpp_learner accumulates "
+            "micro-batches into each optimiser step itself and normalises the loss over the whole "
+            f"mini-batch, so accelerate would divide every gradient by {steps} again. Remove "
+            "gradient_accumulation_steps from the accelerate config (or ACCELERATE_GRADIENT_ACCUMULATION_STEPS) "
+            "and set optim.mini_batch_size / optim.micro_batch_size instead."
         )
 
 

@@ -48,6 +48,7 @@ from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores, dege
 from rpp_learner.sharding import (
     full_parameters,
     is_sharded,
+    refuse_gradient_accumulation,
     refuse_unsupported_sharding,
     shard_frozen,
 )
@@ -68,6 +69,7 @@ class Trainer:
         self.cfg = cfg = config
         self.acc = accelerator or Accelerator()
         refuse_unsupported_sharding(self.acc)
+        refuse_gradient_accumulation(self.acc)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self._check_sizes()
         set_seed(cfg.seed)
@@ -308,7 +310,6 @@ class Trainer:
         scored = assemble_scores(
             results, self.cfg.rewards.services, rollout.texts, rollout.token_end_bytes,
             rollout.batch.truncated.tolist(), separators=self.separators,
-            step_score_transform=self.cfg.algo.step_score_transform,
         )
         self._warn_degenerate_steps(scored)
         failed = all_reduce_sum(torch.tensor(float((~scored.valid).sum())))
@@ -353,6 +354,7 @@ class Trainer:
             outcome=outcome,
             step_token_index=scored.step_token_index,
             step_scores=scored.step_scores,
+            step_weights=scored.step_weights,
             group_index=rollout.group_index,
             truncated=rollout.batch.truncated,
             valid=scored.valid,  # failed samples stay out of their group's mean
@@ -363,8 +365,11 @@ class Trainer:
             kl_coef=algo.kl_coef,
             gamma=algo.gamma,
             credit=algo.process_credit,
-            process_coef=1.0,  # scoring already applied each service's weight and f(s)
+            process_coef=1.0,  # each step carries its service's weight (step_weights)
+            score_transform=algo.step_score_transform,
             reward_clip=(-algo.reward_clip, algo.reward_clip),
+            reject_below=algo.first_error_reject_below,
+            correct_threshold=algo.correct_outcome_threshold,
             truncated_outcome=algo.truncated_outcome,
             drop_truncated=algo.drop_truncated,
         )

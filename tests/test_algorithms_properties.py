@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from rpp_learner.algorithms import (
     AdvantageInputs,
+    CreditInputs,
     compute_advantages,
     masked_whiten,
     min_step_returns,
@@ -108,27 +109,44 @@ def test_min_credit_is_the_minimum_of_the_future_steps(inputs):
     b, t = inputs.mask.shape
     for row in range(b):
         for pos in range(t):
-            future = [p[row, j].item() for j in range(p.shape[1]) if inputs.step_token_index[row, j] >= pos]
-            if not inputs.mask[row, pos] or not future:
+            steps = [(inputs.step_token_index[row, j].item(), p[row, j].item()) for j in range(p.shape[1])
+                     if inputs.step_token_index[row, j] >= 0]
+            future = [value for index, value in steps if index >= pos]
+            if not inputs.mask[row, pos] or not steps:
                 assert got[row, pos].item() == 0.0
-                continue
-            assert got[row, pos].item() == min(future)  # exactly the minimum of future steps
+            elif not future:  # past the last reward token: PURE's last step runs to EOS
+                last = max(index for index, _ in steps)
+                assert got[row, pos].item() == min(value for index, value in steps if index == last)
+            else:
+                assert got[row, pos].item() == min(future)  # exactly the minimum of future steps
+
+
+def _credit_inputs(inputs: AdvantageInputs, p: torch.Tensor) -> CreditInputs:
+    return CreditInputs(
+        mask=inputs.mask, step_token_index=inputs.step_token_index, step_rewards=p,
+        step_scores=inputs.step_scores, step_weights=torch.ones_like(p), outcome=inputs.outcome,
+        group_index=inputs.group_index, valid=torch.ones_like(inputs.outcome, dtype=torch.bool),
+    )
 
 
 @settings(max_examples=80, deadline=None)
 @given(batches())
 def test_min_credit_never_exceeds_sum_credit_for_nonnegative_steps(inputs):
     """With step rewards >= 0, sum credit adds every future step and min takes the weakest
-    one: a policy cannot raise its min-mode return by adding more positive steps."""
+    one: a policy cannot raise its min-mode return by adding more positive steps. (Past
+    the last reward token sum credit has nothing left, while min keeps the last step's
+    value: compared up to the last reward token.)"""
     p = torch.rand(inputs.step_scores.shape) * (inputs.step_token_index >= 0)
-    dense = torch.zeros(inputs.mask.shape).scatter_add_(1, inputs.step_token_index.clamp(min=0), p)
-    total = process_returns("sum", dense, inputs.step_token_index, p, inputs.mask)
-    least = process_returns("min", dense, inputs.step_token_index, p, inputs.mask)
-    assert (least <= total + 1e-6).all()
-    # Equality exactly where at most one step lies ahead (sum of one term = its minimum).
-    ahead = ((inputs.step_token_index.unsqueeze(1) >= torch.arange(inputs.mask.shape[1]).view(1, -1, 1))
+    total = process_returns("sum", _credit_inputs(inputs, p))
+    least = process_returns("min", _credit_inputs(inputs, p))
+    positions = torch.arange(inputs.mask.shape[1]).view(1, -1)
+    last = inputs.step_token_index.amax(-1, keepdim=True) if p.shape[1] else torch.full((len(p), 1), -1)
+    covered = positions <= last
+    assert (least[covered] <= total[covered] + 1e-6).all()
+    # Equality exactly where one step lies ahead (sum of one term = its minimum).
+    ahead = ((inputs.step_token_index.unsqueeze(1) >= positions.unsqueeze(-1))
              & (inputs.step_token_index >= 0).unsqueeze(1)).sum(-1)
-    one = (ahead <= 1) & inputs.mask.bool()
+    one = (ahead == 1) & inputs.mask.bool()
     torch.testing.assert_close(least[one], total[one], atol=1e-6, rtol=0)
 
 

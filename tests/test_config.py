@@ -54,7 +54,7 @@ def test_one_address_as_a_string_is_a_list(tmp_path):
         (["--algo.kl_coeff", "0.1"], "unknown config key 'algo.kl_coeff'"),
         (["--algo.ppo_epochs", "two"], "algo.ppo_epochs: expected an integer"),
         (["--rollout.max_new_tokens", "1.5"], "rollout.max_new_tokens: expected an integer"),
-        (["--algo.estimator", "ppo"], "algo.estimator: 'ppo' is not one of"),
+        (["--algo.estimator", "ppo"], "algo.estimator: 'ppo' is not registered; choose one of 'reinforce_pp'"),
         (["--logging.jsonl", "maybe"], "logging.jsonl: expected true or false"),
         (["--rewards.services.0.kind", "critic"], "rewards.services.0.kind: 'critic' is not one of"),
         (["--optim.mini_batch_size", "7"], "optim.mini_batch_size (7) must divide the rollout batch"),

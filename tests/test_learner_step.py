@@ -112,7 +112,12 @@ def test_one_step_updates_weights_logs_metrics_and_places_prm_scores(tmp_path, p
         n = int(mask.sum())
         dense = saved["dense_rewards"][i]
         has_step = saved["step_token_index"][i] >= 0
-        steps_total = saved["step_scores"][i][has_step].sum()
+        # Raw scores and weights are kept apart; p_j = weight * s_j (identity transform).
+        torch.testing.assert_close(
+            saved["step_rewards"][i][has_step], 0.5 * saved["step_scores"][i][has_step], atol=1e-6, rtol=0
+        )
+        assert (saved["step_weights"][i][has_step] == 0.5).all()
+        steps_total = saved["step_rewards"][i][has_step].sum()
         torch.testing.assert_close(dense.sum(), saved["outcome"][i] + steps_total, atol=1e-5, rtol=0)
         allowed = set(saved["step_token_index"][i][has_step].tolist()) | {n - 1}
         assert set(dense.nonzero().flatten().tolist()) <= allowed
@@ -148,7 +153,7 @@ def test_known_sample_prm_scores_land_at_step_end_tokens(policy_dir, services):
         AdvantageInputs(
             mask=mask, kl=torch.zeros(1, len(tokens)), outcome=torch.zeros(1),
             step_token_index=scored.step_token_index, step_scores=scored.step_scores,
-            group_index=torch.zeros(1, dtype=torch.long), truncated=torch.zeros(1, dtype=torch.bool),
+            step_weights=scored.step_weights, group_index=torch.zeros(1, dtype=torch.long), truncated=torch.zeros(1, dtype=torch.bool),
         ),
         kl_coef=0.0,
         process_coef=1.0,

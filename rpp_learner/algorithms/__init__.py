@@ -1,14 +1,19 @@
-"""Pure REINFORCE++ math: KL estimators, dense rewards, returns, advantages, whitening,
-the clipped policy loss. Tensors in, tensors out; no I/O, no model."""
+"""Pure REINFORCE++ math: KL estimators, dense rewards, credit modes, returns, advantages,
+whitening, the clipped policy loss. Tensors in, tensors out; no I/O, no model.
+
+Three registries name what a config may select, and take a user's own additions:
+``ESTIMATORS`` (``register_estimator``), ``CREDIT_MODES`` (``register_credit_mode``) and
+``STEP_SCORE_TRANSFORMS`` (``register_step_score_transform``)."""
 
 from rpp_learner.algorithms.advantages import (
     ESTIMATORS,
     AdvantageInputs,
     AdvantageOutput,
+    Estimator,
     compute_advantages,
-    group_mean_std,
     register_estimator,
 )
+from rpp_learner.algorithms.groups import group_mean_std
 from rpp_learner.algorithms.kl import KL_KINDS, kl_penalty
 from rpp_learner.algorithms.loss import (
     AGGREGATIONS,
@@ -20,9 +25,15 @@ from rpp_learner.algorithms.loss import (
 )
 from rpp_learner.algorithms.returns import (
     CREDIT_MODES,
+    CreditInputs,
+    CreditMode,
     discounted_suffix_sum,
+    first_error_returns,
     min_step_returns,
+    outcome_centered_step_rewards,
+    place_step_rewards,
     process_returns,
+    register_credit_mode,
     returns_to_go,
 )
 from rpp_learner.algorithms.rewards import (
@@ -32,7 +43,7 @@ from rpp_learner.algorithms.rewards import (
     assemble_dense_rewards,
     last_token_index,
     pad_steps,
-    place_step_rewards,
+    register_step_score_transform,
     step_rewards,
     transform_step_scores,
 )
@@ -46,13 +57,17 @@ __all__ = [
     "STEP_SCORE_TRANSFORMS",
     "AdvantageInputs",
     "AdvantageOutput",
+    "CreditInputs",
+    "CreditMode",
     "DenseRewards",
+    "Estimator",
     "RunningMeanStd",
     "aggregate",
     "assemble_dense_rewards",
     "clipped_pg_loss",
     "compute_advantages",
     "discounted_suffix_sum",
+    "first_error_returns",
     "global_sequence_count",
     "global_token_count",
     "group_mean_std",
@@ -62,11 +77,14 @@ __all__ = [
     "masked_moments",
     "masked_whiten",
     "min_step_returns",
+    "outcome_centered_step_rewards",
     "pad_steps",
     "place_step_rewards",
     "policy_loss",
     "process_returns",
+    "register_credit_mode",
     "register_estimator",
+    "register_step_score_transform",
     "returns_to_go",
     "step_rewards",
     "transform_step_scores",

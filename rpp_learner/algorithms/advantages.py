@@ -3,7 +3,7 @@
 With R = outcome_coef * clip(outcome) and the dense rewards of rewards.py:
 
     reinforce_pp           A = whiten(G),  G_t = sum_{s>=t} gamma^(s-t) (-beta KL_s + [s=last] R)
-                                                + process return P_t (credit "sum" | "min")
+                                                + process return P_t (a credit mode, returns.py)
     reinforce_pp_baseline  as reinforce_pp with R replaced by R - mean_group(R); the KL and
                            process terms stay per token (KL is normally a k2 loss here,
                            so kl_coef = 0)
@@ -14,7 +14,16 @@ With R = outcome_coef * clip(outcome) and the dense rewards of rewards.py:
 
 Group statistics (mean, std, size) are over the group's *scored* samples only
 (``AdvantageInputs.valid``): a sample whose reward failed carries a placeholder outcome,
-and letting it into the mean would shift every other sample's advantage.
+and letting it into the mean would shift every other sample's advantage. Rows dropped by
+``drop_truncated`` leave the statistics too: they are out of the update, and their
+(penalty or placeholder) outcome must not move their group-mates'. A scored sample with no
+scored group-mate has nothing to be compared with: its group advantage is 0, and the
+``advantages/lone_fraction`` metric counts such samples. The statistics, and the
+advantages made from them, are fp64 until after the division, then rounded once.
+
+Each estimator is registered with its needs (groups; dense per-token rewards or one
+number per response) and the KL defaults of its paper, which the config applies to the
+``algo`` fields a run leaves unset (``rpp_learner.config``).
 
 whiten() is global over the valid tokens of all ranks (whiten.py). The group estimators
 reduce a response to one number, so they refuse dense terms: a nonzero kl_coef (put KL
@@ -26,11 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from rpp_learner.algorithms.returns import process_returns, returns_to_go
+from rpp_learner.algorithms.groups import group_mean_std
+from rpp_learner.algorithms.returns import CreditInputs, process_returns, returns_to_go
 from rpp_learner.algorithms.rewards import DenseRewards, assemble_dense_rewards
 from rpp_learner.algorithms.whiten import masked_whiten
 
@@ -43,10 +54,11 @@ class AdvantageInputs:
     kl: torch.Tensor  # [B, T] per-token KL (kl.kl_penalty)
     outcome: torch.Tensor  # [B] outcome score per response
     step_token_index: torch.Tensor  # [B, S] reward token of each step, -1 = no step
-    step_scores: torch.Tensor  # [B, S] raw step scores from the process service
+    step_scores: torch.Tensor  # [B, S] raw step scores, as the process service sent them
     group_index: torch.Tensor  # [B] which prompt each sample came from
     truncated: torch.Tensor  # [B] bool: the response ended without EOS
     valid: torch.Tensor | None = None  # [B] bool: the sample was scored (None = all were)
+    step_weights: torch.Tensor | None = None  # [B, S] weight of the service of each step (None = 1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class AdvantageConfig:
     score_transform: str = "identity"
     whiten: bool = True
     group: dist.ProcessGroup | None = None  # for the whitening statistics (None = default group)
+    reject_below: float = 0.5  # first_error credit: a raw step score below this is rejected
+    correct_threshold: float = 0.5  # first_error credit: an outcome R >= this is correct
 
 
 @dataclass
@@ -68,40 +82,47 @@ class AdvantageOutput:
     returns: torch.Tensor  # [B, T], 0 at padding
     dense_rewards: torch.Tensor  # [B, T] r_t = KL + outcome + process terms, 0 at padding
     mask: torch.Tensor  # [B, T] the mask the loss must use (drop_truncated zeroes rows)
+    step_rewards: torch.Tensor | None = None  # [B, S] p_j = clip(alpha * w_j * f(s_j))
     metrics: dict[str, float] = field(default_factory=dict)
 
 
 # (inputs, config) -> (advantages, returns, dense rewards)
-Estimator = Callable[[AdvantageInputs, AdvantageConfig], tuple[torch.Tensor, torch.Tensor, DenseRewards]]
+EstimatorFn = Callable[[AdvantageInputs, AdvantageConfig], tuple[torch.Tensor, torch.Tensor, DenseRewards]]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    fn: EstimatorFn
+    # Group estimators are normalised per prompt already; whitening them again is opt-in.
+    whiten_by_default: bool
+    needs_groups: bool  # compares the samples of one prompt (rollout.samples_per_prompt >= 2)
+    # Takes per-token rewards (KL in the reward, process rewards). False: one number per
+    # response, so KL belongs in the loss and process rewards are refused.
+    dense: bool
+    # Config defaults of its paper, applied to the algo.* fields a run leaves unset.
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
 ESTIMATORS: dict[str, Estimator] = {}
-# Group estimators are normalised per prompt already; whitening them again is opt-in.
-WHITEN_BY_DEFAULT: dict[str, bool] = {}
 
 
-def register_estimator(name: str, whiten_by_default: bool) -> Callable[[Estimator], Estimator]:
-    def add(fn: Estimator) -> Estimator:
-        ESTIMATORS[name] = fn
-        WHITEN_BY_DEFAULT[name] = whiten_by_default
+def register_estimator(
+    name: str,
+    *,
+    whiten_by_default: bool,
+    needs_groups: bool = False,
+    dense: bool = True,
+    defaults: dict[str, Any] | None = None,
+) -> Callable[[EstimatorFn], EstimatorFn]:
+    """Register ``fn(inputs, cfg) -> (advantages, returns, DenseRewards)`` as ``algo.estimator`` ``name``."""
+
+    def add(fn: EstimatorFn) -> EstimatorFn:
+        if name in ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered (by {ESTIMATORS[name].fn.__module__})")
+        ESTIMATORS[name] = Estimator(fn, whiten_by_default, needs_groups, dense, dict(defaults or {}))
         return fn
 
     return add
-
-
-def group_mean_std(
-    values: torch.Tensor, group_index: torch.Tensor, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each sample: mean, unbiased std and size of its group ([B] each), counting only
-    the ``valid`` members (default: all). A group with no valid member has mean 0, std 0."""
-    _, inverse = torch.unique(group_index, return_inverse=True)
-    n_groups = int(inverse.max().item()) + 1 if len(inverse) else 0
-    x = values.double()
-    w = torch.ones_like(x) if valid is None else valid.to(device=x.device, dtype=x.dtype)
-    counts = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, inverse, w)
-    sums = torch.zeros_like(counts).index_add_(0, inverse, x * w)
-    mean = (sums / counts.clamp(min=1))[inverse]
-    squares = torch.zeros_like(counts).index_add_(0, inverse, w * (x - mean) ** 2)
-    std = (squares / (counts - 1).clamp(min=1)).sqrt()[inverse]
-    return mean.to(values.dtype), std.to(values.dtype), counts.long()[inverse]
 
 
 def _assemble(inputs: AdvantageInputs, cfg: AdvantageConfig, baseline: torch.Tensor | None = None) -> DenseRewards:
@@ -117,14 +138,37 @@ def _assemble(inputs: AdvantageInputs, cfg: AdvantageConfig, baseline: torch.Ten
         reward_clip=cfg.reward_clip,
         score_transform=cfg.score_transform,
         outcome_baseline=baseline,
+        step_weights=inputs.step_weights,
     )
+
+
+def _scored(inputs: AdvantageInputs) -> torch.Tensor:
+    return torch.ones_like(inputs.outcome, dtype=torch.bool) if inputs.valid is None else inputs.valid.bool()
+
+
+def _outcome(inputs: AdvantageInputs, cfg: AdvantageConfig) -> torch.Tensor:
+    """R = outcome_coef * clip(outcome), [B] float32."""
+    return cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
 
 
 def _whiten_returns(inputs: AdvantageInputs, cfg: AdvantageConfig, rewards: DenseRewards):
     mask = inputs.mask
-    returns = returns_to_go(rewards.kl_outcome, mask, cfg.gamma) + process_returns(
-        cfg.credit, rewards.process, inputs.step_token_index, rewards.steps, mask, cfg.gamma
+    credit = CreditInputs(
+        mask=mask,
+        step_token_index=inputs.step_token_index,
+        step_rewards=rewards.steps,
+        step_scores=inputs.step_scores,
+        # w_j of the credit modes that read raw scores: alpha times the service's weight.
+        step_weights=cfg.process_coef
+        * (torch.ones_like(inputs.step_scores) if inputs.step_weights is None else inputs.step_weights.float()),
+        outcome=_outcome(inputs, cfg),
+        group_index=inputs.group_index,
+        valid=_scored(inputs),
+        gamma=cfg.gamma,
+        reject_below=cfg.reject_below,
+        correct_threshold=cfg.correct_threshold,
     )
+    returns = returns_to_go(rewards.kl_outcome, mask, cfg.gamma) + process_returns(cfg.credit, credit)
     advantages = masked_whiten(returns, mask, cfg.group) if cfg.whiten else returns
     return advantages, returns, rewards
 
@@ -134,10 +178,13 @@ def reinforce_pp(inputs: AdvantageInputs, cfg: AdvantageConfig):
     return _whiten_returns(inputs, cfg, _assemble(inputs, cfg))
 
 
-@register_estimator("reinforce_pp_baseline", whiten_by_default=True)
+# The report's REINFORCE++-baseline (v9) takes KL as a k2 loss term, not in the reward.
+@register_estimator(
+    "reinforce_pp_baseline", whiten_by_default=True, needs_groups=True,
+    defaults={"kl_coef": 0.0, "kl_loss_coef": 1e-3, "kl_loss_estimator": "k2"},
+)
 def reinforce_pp_baseline(inputs: AdvantageInputs, cfg: AdvantageConfig):
-    outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
-    baseline, _, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
+    baseline, _, _ = group_mean_std(_outcome(inputs, cfg), inputs.group_index, inputs.valid)
     return _whiten_returns(inputs, cfg, _assemble(inputs, cfg, baseline=baseline))
 
 
@@ -154,25 +201,29 @@ def _outcome_only(name: str, inputs: AdvantageInputs, cfg: AdvantageConfig) -> D
 
 def _group_advantages(inputs: AdvantageInputs, cfg: AdvantageConfig, advantage: torch.Tensor, rewards: DenseRewards):
     maskf = inputs.mask.float()
-    advantages = advantage.unsqueeze(-1) * maskf
+    advantages = advantage.float().unsqueeze(-1) * maskf  # rounded once, after the fp64 math
     if cfg.whiten:
         advantages = masked_whiten(advantages, inputs.mask, cfg.group)
     returns = returns_to_go(rewards.total, inputs.mask, cfg.gamma)
     return advantages, returns, rewards
 
 
-@register_estimator("grpo", whiten_by_default=False)
+# GRPO (DeepSeekMath, arXiv 2402.03300) takes KL as a k3 loss term.
+@register_estimator(
+    "grpo", whiten_by_default=False, needs_groups=True, dense=False,
+    defaults={"kl_coef": 0.0, "kl_loss_coef": 1e-3, "kl_loss_estimator": "k3"},
+)
 def grpo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("grpo", inputs, cfg)
-    outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
+    outcome = _outcome(inputs, cfg).double()
     mean, std, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
     return _group_advantages(inputs, cfg, (outcome - mean) / (std + GROUP_STD_EPS), rewards)
 
 
-@register_estimator("rloo", whiten_by_default=False)
+@register_estimator("rloo", whiten_by_default=False, needs_groups=True, dense=False, defaults={"kl_coef": 0.0})
 def rloo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("rloo", inputs, cfg)
-    outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
+    outcome = _outcome(inputs, cfg).double()
     if bool((group_mean_std(outcome, inputs.group_index)[2] < 2).any()):
         raise ValueError("rloo needs at least 2 samples per prompt (group_index) to leave one out")
     mean, _, size = group_mean_std(outcome, inputs.group_index, inputs.valid)
@@ -181,10 +232,11 @@ def rloo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     return _group_advantages(inputs, cfg, loo, rewards)
 
 
-@register_estimator("dr_grpo", whiten_by_default=False)
+# Dr. GRPO drops the KL term altogether (beta = 0).
+@register_estimator("dr_grpo", whiten_by_default=False, needs_groups=True, dense=False, defaults={"kl_coef": 0.0})
 def dr_grpo(inputs: AdvantageInputs, cfg: AdvantageConfig):
     rewards = _outcome_only("dr_grpo", inputs, cfg)
-    outcome = cfg.outcome_coef * inputs.outcome.float().clamp(*cfg.reward_clip)
+    outcome = _outcome(inputs, cfg).double()
     mean, _, _ = group_mean_std(outcome, inputs.group_index, inputs.valid)
     return _group_advantages(inputs, cfg, outcome - mean, rewards)
 
@@ -194,9 +246,9 @@ def handle_truncated(
 ) -> AdvantageInputs:
     """Truncated responses (no EOS): replace their outcome by ``truncated_outcome`` (a
     penalty, or 0) when given, and/or drop them (mask 0: no advantage, no loss, not in
-    the whitening statistics) when ``drop_truncated``."""
+    the whitening statistics nor in their group's statistics) when ``drop_truncated``."""
     truncated = inputs.truncated.bool()
-    outcome, mask = inputs.outcome, inputs.mask
+    outcome, mask, valid = inputs.outcome, inputs.mask, inputs.valid
     if truncated_outcome is not None:
         outcome = torch.where(truncated, torch.full_like(outcome, truncated_outcome), outcome)
     steps = inputs.step_token_index
@@ -204,7 +256,8 @@ def handle_truncated(
         mask = mask * (~truncated).unsqueeze(-1).to(mask.dtype)
         # A dropped row's steps go too: a reward token on a masked-out row is an error downstream.
         steps = torch.where(truncated.unsqueeze(-1), torch.full_like(steps, -1), steps)
-    return replace(inputs, outcome=outcome, mask=mask, step_token_index=steps)
+        valid = _scored(inputs) & ~truncated
+    return replace(inputs, outcome=outcome, mask=mask, step_token_index=steps, valid=valid)
 
 
 def compute_advantages(
@@ -222,6 +275,8 @@ def compute_advantages(
     group: dist.ProcessGroup | None = None,
     truncated_outcome: float | None = None,
     drop_truncated: bool = False,
+    reject_below: float = 0.5,
+    correct_threshold: float = 0.5,
 ) -> AdvantageOutput:
     """Dense rewards, returns and advantages of the estimator named ``estimator``.
 
@@ -230,6 +285,7 @@ def compute_advantages(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    spec = ESTIMATORS[estimator]
     cfg = AdvantageConfig(
         kl_coef=kl_coef,
         gamma=gamma,
@@ -238,16 +294,19 @@ def compute_advantages(
         outcome_coef=outcome_coef,
         reward_clip=reward_clip,
         score_transform=score_transform,
-        whiten=WHITEN_BY_DEFAULT[estimator] if whiten is None else whiten,
+        whiten=spec.whiten_by_default if whiten is None else whiten,
         group=group,
+        reject_below=reject_below,
+        correct_threshold=correct_threshold,
     )
     inputs = handle_truncated(inputs, truncated_outcome, drop_truncated)
-    advantages, returns, rewards = ESTIMATORS[estimator](inputs, cfg)
+    advantages, returns, rewards = spec.fn(inputs, cfg)
     return AdvantageOutput(
         advantages=advantages,
         returns=returns,
         dense_rewards=rewards.total,
         mask=inputs.mask,
+        step_rewards=rewards.steps,
         metrics=_metrics(inputs, rewards, returns, advantages),
     )
 
@@ -257,6 +316,9 @@ def _metrics(inputs: AdvantageInputs, rewards: DenseRewards, returns, advantages
     tokens = maskf.sum().clamp(min=1)
     has_step = inputs.step_token_index >= 0
     steps = has_step.sum()
+    scored = _scored(inputs)
+    _, _, group_size = group_mean_std(torch.zeros(len(scored)), inputs.group_index, scored)
+    lone = (scored & (group_size == 1)).sum()
     return {
         "reward/outcome_mean": inputs.outcome.float().mean().item(),
         "reward/kl_mean": ((inputs.kl.float() * maskf).sum() / tokens).item(),
@@ -266,4 +328,6 @@ def _metrics(inputs: AdvantageInputs, rewards: DenseRewards, returns, advantages
         "returns/mean": ((returns * maskf).sum() / tokens).item(),
         "advantages/mean": ((advantages * maskf).sum() / tokens).item(),
         "advantages/abs_max": (advantages * maskf).abs().max().item(),
+        # Scored samples whose group has no other scored member (a group advantage of 0).
+        "advantages/lone_fraction": (lone / max(len(scored), 1)).item(),
     }

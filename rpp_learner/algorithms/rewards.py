@@ -3,7 +3,11 @@ the tokens where steps end.
 
     r_t = -beta * KL_t
           + [t = last valid token] * outcome_coef * clip(R)
-          + sum over steps j with reward token t of clip(alpha * f(s_j))
+          + sum over steps j with reward token t of p_j,    p_j = clip(alpha * w_j * f(s_j))
+
+This is the one place the step-score formula is applied: s_j is the raw score the process
+service sent, w_j the weight of that service (``rewards.services[].weight``), alpha the
+algorithm's ``process_coef`` and f the step-score transform.
 
 The KL+outcome part and the process part are returned separately because the credit
 modes treat them differently (``sum`` adds the process part to the return-to-go, ``min``
@@ -11,7 +15,8 @@ takes a running minimum of the step rewards; see returns.py).
 
 Process rewards arrive per sequence as padded tensors:
 ``step_token_index`` LongTensor[B, S] (the reward token of step j, -1 where there is no
-step) and ``step_scores`` FloatTensor[B, S] (ignored where the index is -1).
+step), ``step_scores`` FloatTensor[B, S] and ``step_weights`` FloatTensor[B, S] (ignored
+where the index is -1).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rpp_learner.algorithms.returns import place_step_rewards
 from rpp_learner.algorithms.whiten import masked_moments
 
 _LOG_FLOOR = 1e-6  # log(0) would place -inf; probabilities below this count as this
@@ -36,6 +42,18 @@ STEP_SCORE_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     # later step is correct
     "log": lambda s: torch.log(s.clamp(min=_LOG_FLOOR)),
 }
+
+
+def register_step_score_transform(name: str) -> Callable[[Callable], Callable]:
+    """Register ``f(scores) -> scores`` as ``algo.step_score_transform`` ``name``."""
+
+    def add(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        if name in STEP_SCORE_TRANSFORMS:
+            raise ValueError(f"step score transform {name!r} is already registered")
+        STEP_SCORE_TRANSFORMS[name] = fn
+        return fn
+
+    return add
 
 
 def transform_step_scores(scores: torch.Tensor, transform: str) -> torch.Tensor:
@@ -80,10 +98,12 @@ def step_rewards(
     mask: torch.Tensor,
     *,
     process_coef: float,
+    step_weights: torch.Tensor | None = None,
     score_transform: str = "identity",
     reward_clip: tuple[float, float] = (-10.0, 10.0),
 ) -> torch.Tensor:
-    """clip(alpha * f(s_j)) per step, [B, S], 0 where there is no step.
+    """p_j = clip(alpha * w_j * f(s_j)) per step, [B, S], 0 where there is no step
+    (``step_weights`` None: every w_j = 1).
 
     Raises if a step's reward token is past the row's length or on a padding token: a
     reward placed there would be silently lost, which always means an alignment bug.
@@ -103,23 +123,23 @@ def step_rewards(
             f"sequence {row}, step {col}: reward token {step_token_index[row, col].item()} is a "
             "padding token; map steps with rpp_learner.credit.reward_token_indices"
         )
-    reward = process_coef * transform_step_scores(step_scores.float(), score_transform)
+    if step_weights is not None and step_weights.shape != step_scores.shape:
+        raise ValueError(
+            f"step_weights {tuple(step_weights.shape)} and step_scores {tuple(step_scores.shape)} differ in shape"
+        )
+    # f(s) only where a step is: padding scores are placeholders (log(0) would give -inf).
+    scores = torch.where(has_step, step_scores.float(), torch.ones_like(step_scores.float()))
+    reward = process_coef * transform_step_scores(scores, score_transform)
+    if step_weights is not None:
+        reward = reward * step_weights.float()
     return torch.where(has_step, reward.clamp(*reward_clip), torch.zeros_like(reward))
-
-
-def place_step_rewards(step_token_index: torch.Tensor, rewards: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Dense [B, T] tensor with each step's reward added at its reward token (scatter_add;
-    two steps ending in the same token both count)."""
-    dense = torch.zeros(rewards.shape[0], num_tokens, dtype=rewards.dtype, device=rewards.device)
-    has_step = step_token_index >= 0
-    return dense.scatter_add_(-1, step_token_index.clamp(min=0), rewards * has_step)
 
 
 @dataclass
 class DenseRewards:
     kl_outcome: torch.Tensor  # [B, T]: -beta * KL_t + outcome at the last valid token
     process: torch.Tensor  # [B, T]: step rewards at their reward tokens
-    steps: torch.Tensor  # [B, S]: clip(alpha * f(s_j)), 0 where there is no step
+    steps: torch.Tensor  # [B, S]: p_j = clip(alpha * w_j * f(s_j)), 0 where there is no step
 
     @property
     def total(self) -> torch.Tensor:
@@ -139,10 +159,12 @@ def assemble_dense_rewards(
     reward_clip: tuple[float, float] = (-10.0, 10.0),
     score_transform: str = "identity",
     outcome_baseline: torch.Tensor | None = None,
+    step_weights: torch.Tensor | None = None,
 ) -> DenseRewards:
     """The per-token reward of the module docstring, split into its two parts.
 
-    mask [B, T] (1 = response token), kl [B, T], outcome [B]. Padding gets no reward.
+    mask [B, T] (1 = response token), kl [B, T], outcome [B], steps [B, S] (see module
+    doc). Padding gets no reward.
     outcome_baseline [B], if given, is subtracted from the placed outcome:
     r_last += outcome_coef * clip(R) - b.
     """
@@ -154,8 +176,8 @@ def assemble_dense_rewards(
     kl_outcome = -kl_coef * kl.float()
     last = last_token_index(mask).unsqueeze(-1)
     placed_outcome = outcome_coef * outcome.float().clamp(*reward_clip)
-    if outcome_baseline is not None:
-        placed_outcome = placed_outcome - outcome_baseline
+    if outcome_baseline is not None:  # subtracted in fp64, rounded once
+        placed_outcome = (placed_outcome.double() - outcome_baseline.double()).float()
     placed_outcome = placed_outcome.unsqueeze(-1)
     kl_outcome = kl_outcome.scatter_add(-1, last, placed_outcome) * maskf
     steps = step_rewards(
@@ -163,6 +185,7 @@ def assemble_dense_rewards(
         step_scores,
         mask,
         process_coef=process_coef,
+        step_weights=step_weights,
         score_transform=score_transform,
         reward_clip=reward_clip,
     )
