@@ -1,20 +1,31 @@
-"""Learning benchmark on the quickstart task: does dense PRM credit help, and which kind?
+"""Learning benchmark: does dense PRM credit pay, with a learned PRM, and which kind?
 
-    rpp-bench learning --jobs 2                  # 4 variants x 3 seeds, two runs at a time
-    rpp-bench learning --seeds 0 --steps 10      # a quick look
+    rpp-bench learning --setting hard --jobs 2    # 7 variants x 3 seeds, two runs at a time
+    rpp-bench learning --setting easy --jobs 2    # the quickstart task
+    rpp-bench learning --seeds 0 --steps 10       # a quick look
 
-Variants, all from the same cached SFT start, same steps, batch and learning rate:
+Two settings of the column-addition task (``quickstart.task.TASK_SETTINGS``): ``easy``
+(the quickstart's: the SFT start is right about a third of the time) and ``hard`` (three
+operands: the SFT start is rarely right, so outcome reward is sparse). For each, one cached
+SFT start and one cached learned PRM (``quickstart.learned_prm``: a tiny Qwen2.5-Math-PRM-
+layout model trained on step-labelled teacher solutions and policy samples, served by
+``rpp-reward-server --scorer prm`` as a released PRM would be). Variants, all from the same
+SFT start, with the same steps, batch and learning rate:
 
 - ORM only: REINFORCE++, the math-verify answer check as the only reward;
-- ORM + PRM, sum credit: each step's score at the token where the step ends, returns sum
-  the later step rewards (the REINFORCE++ report);
-- ORM + PRM, min credit: the return is the minimum of the later step rewards (PURE);
-- GRPO, ORM + PRM as one score: answer + share of correct steps, one number per response,
-  group-normalised (KL as a k3 loss term).
+- ORM + learned PRM, with each credit mode (rpp_learner.algorithms.returns): sum (the
+  REINFORCE++ report), min (PURE), outcome-centred (PROGRS), first-error (VPPO);
+- ORM + the exact rule PRM, sum credit: the ceiling a perfect PRM gives;
+- GRPO, ORM + the learned PRM's mean step score as one number (what OpenRLHF, verl and TRL
+  do with a PRM); KL as a k3 loss term.
 
-Prints, per variant, held-out greedy accuracy after the last step (mean and per seed), the
-first evaluated step reaching ``--target``, and the final per-token KL; writes a PNG of the
-accuracy curves and a JSON of every figure. Whatever the numbers say, they are what ran.
+Prints, per variant, held-out greedy accuracy after the last step (mean, sd and per
+seed), the first evaluated step reaching ``--target``, the final per-token KL, and the
+step-farming signature (mean response length and steps per response, first and last
+steps); then the goal check: does the best learned-PRM mode reach each seed's ORM-only
+final accuracy in at most half the steps, and does every dense mode end at or above
+ORM-only. Writes a PNG of the accuracy curves and a JSON of every figure. Whatever the
+numbers say, they are what ran.
 """
 
 from __future__ import annotations
@@ -30,16 +41,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quickstart.run import SERVICE_COMMANDS, QuickstartConfig, train_and_evaluate
+from quickstart.learned_prm import PRMConfig, format_quality, prm_checkpoint, prm_quality
+from quickstart.run import (
+    SERVICE_COMMANDS,
+    QuickstartConfig,
+    learned_prm_command,
+    train_and_evaluate,
+)
 from quickstart.services import RewardServices
-from quickstart.sft import sft_checkpoint
+from quickstart.sft import SFTConfig, sft_checkpoint
+from quickstart.task import TASK_SETTINGS
 
+ORM_ONLY = "ORM only"
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ORM only": {"credit": "none"},
-    "ORM + PRM (sum)": {"credit": "sum"},
-    "ORM + PRM (min)": {"credit": "min"},
-    "GRPO, ORM + PRM as one score": {"credit": "collapsed", "estimator": "grpo"},
+    ORM_ONLY: {"credit": "none"},
+    "learned PRM, sum": {"credit": "sum", "prm": "learned"},
+    "learned PRM, min": {"credit": "min", "prm": "learned"},
+    "learned PRM, outcome-centred": {"credit": "outcome_centered", "prm": "learned"},
+    "learned PRM, first-error": {"credit": "first_error", "prm": "learned"},
+    "rule PRM, sum (ceiling)": {"credit": "sum", "prm": "rule"},
+    "GRPO, ORM + learned PRM mean": {"credit": "collapsed", "prm": "learned", "estimator": "grpo"},
 }
+# Per setting: RL steps and the response budget (a hard response is 4 lines of 4 terms).
+SETTING_RUNS = {"easy": {"steps": 30, "max_new_tokens": 48}, "hard": {"steps": 40, "max_new_tokens": 64}}
 
 
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -52,7 +76,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
     for name, figures in runs.items():
         after = [f["accuracy_after"] for f in figures]
         reached = [steps_to_target(f["accuracy_curve"], target) for f in figures]
-        hit = [r for r in reached if r is not None]
+
+
         rows.append({
             "variant": name,
             "before": statistics.mean(f["accuracy_before"] for f in figures),
@@ -60,52 +85,91 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
             "after_std": statistics.stdev(after) if len(after) > 1 else 0.0,
             "after_per_seed": after,
             "steps_to_target": reached,
-            "steps_to_target_mean": statistics.mean(hit) if hit else None,
             "kl_last": statistics.mean(f["kl_last"] for f in figures),
+            "length_first": _mean_of(figures, "response_length_first"),
+            "length_last": _mean_of(figures, "response_length_last"),
+            # ORM-only runs have no process service, so no steps are counted there.
+            "steps_first": _mean_of(figures, "steps_per_response_first") if figures[0].get("prm") else None,
+            "steps_last": _mean_of(figures, "steps_per_response_last") if figures[0].get("prm") else None,
             "time_s": statistics.mean(f["time_rl_s"] for f in figures),
         })
     return rows
 
 
+def _mean_of(figures: list[dict[str, Any]], key: str) -> float | None:
+    values = [f[key] for f in figures if f.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def _arrow(first: float | None, last: float | None) -> str:
+    return "-" if first is None or last is None else f"{first:.1f} -> {last:.1f}"
+
+
 def format_table(rows: list[dict[str, Any]], seeds: list[int], steps: int, target: float) -> str:
-    base = next((r for r in rows if r["variant"] == "ORM only"), None)
     head = (
-        f"{'variant':<30} {'SFT acc':>8} {f'acc @ {steps} steps':>18} {'per seed ' + str(seeds):>22} "
-        f"{'gain / ORM gain':>15} {f'steps to {target:.0%}':>14} {'final KL':>9} {'RL time':>8}"
+        f"{'variant':<30} {'SFT':>6} {f'acc @ {steps} (mean ± sd)':>22} {'per seed ' + str(seeds):>24} "
+        f"{f'steps to {target:.0%}':>14} {'KL':>7} {'length':>13} {'steps/resp':>11} {'RL time':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         per_seed = " ".join(f"{a:.1%}" for a in r["after_per_seed"])
         reached = " ".join("-" if s is None else str(s) for s in r["steps_to_target"])
-        ratio = "n/a"
-        if base is not None and base["after_mean"] - base["before"] > 0:
-            ratio = f"{(r['after_mean'] - r['before']) / (base['after_mean'] - base['before']):.2f}x"
         lines.append(
-            f"{r['variant']:<30} {r['before']:>8.1%} {r['after_mean']:>11.1%} ± {r['after_std']:>4.1%} "
-            f"{per_seed:>22} {ratio:>15} {reached:>14} {r['kl_last']:>9.4f} {r['time_s']:>7.0f}s"
+            f"{r['variant']:<30} {r['before']:>6.1%} {r['after_mean']:>13.1%} ± {r['after_std']:>5.1%} "
+            f"{per_seed:>24} {reached:>14} {r['kl_last']:>7.4f} {_arrow(r['length_first'], r['length_last']):>13} "
+            f"{_arrow(r['steps_first'], r['steps_last']):>11} {r['time_s']:>7.0f}s"
         )
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[dict[str, Any]]], path: Path, target: float) -> Path:
+def goal_check(runs: dict[str, list[dict[str, Any]]], steps: int) -> list[str]:
+    """The benchmark's goal, per seed: the best learned-PRM dense mode reaches ORM-only's
+    final accuracy in at most half the steps, and no dense mode ends below ORM-only."""
+    if ORM_ONLY not in runs:
+        return ["goal check: needs the ORM-only variant"]
+    base = {f["seed"]: f["accuracy_after"] for f in runs[ORM_ONLY]}
+    dense = {n: f for n, f in runs.items() if n.startswith("learned PRM")}
+    lines = []
+    reach: dict[str, list[int | None]] = {}
+    for name, figures in dense.items():
+        reach[name] = [steps_to_target(f["accuracy_curve"], base[f["seed"]]) for f in figures]
+    if dense:
+        def worst(name: str) -> float:  # the slowest seed decides; never reaching is worst
+            return max(steps * 10 if r is None else r for r in reach[name])
+
+        best = min(dense, key=worst)
+        per_seed = ", ".join(f"seed {f['seed']}: {'never' if r is None else f'step {r}'} (ORM-only ends at "
+                             f"{base[f['seed']]:.1%})" for f, r in zip(dense[best], reach[best], strict=True))
+        met = all(r is not None and r <= steps / 2 for r in reach[best])
+        lines.append(f"goal 1, best dense mode reaches ORM-only's final accuracy within {steps // 2} steps on every "
+                     f"seed: {'MET' if met else 'NOT MET'} ({best}: {per_seed})")
+        orm_mean = statistics.mean(base.values())
+        below = [n for n, f in dense.items() if statistics.mean(x["accuracy_after"] for x in f) < orm_mean]
+        lines.append(f"goal 2, no dense mode ends below ORM-only ({orm_mean:.1%}): "
+                     + ("MET" if not below else "NOT MET (" + ", ".join(below) + ")"))
+    return lines
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path, target: float, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (name, figures), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, figures), color in zip(runs.items(), colors, strict=False):
         curves = [[(0, f["accuracy_before"]), *f["accuracy_curve"]] for f in figures]
         for curve in curves:
-            ax.plot(*zip(*curve, strict=True), color=color, alpha=0.25, linewidth=1)
+            ax.plot(*zip(*curve, strict=True), color=color, alpha=0.2, linewidth=1)
         mean = [(step, statistics.mean(c[i][1] for c in curves)) for i, (step, _) in enumerate(curves[0])]
         ax.plot(*zip(*mean, strict=True), color=color, linewidth=2, marker=".", label=name)
     ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title(f"quickstart task, {len(next(iter(runs.values())))} seeds (thin: each seed)")
+    ax.set_title(f"{title}, {len(next(iter(runs.values())))} seeds (thin: each seed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -113,26 +177,38 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path, target: float) -> Pa
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = QuickstartConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.bench_learning", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="rpp-bench learning", description=__doc__.split("\n\n")[0])
+    p.add_argument("--setting", choices=list(TASK_SETTINGS), default="hard")
+    p.add_argument("--labels", choices=["exact", "monte_carlo"], default="exact",
+                   help="how the learned PRM's training steps are labelled (quickstart.learned_prm)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=None, help="RL steps (default per setting: easy 30, hard 40)")
     # Every 2 steps (not the quickstart's 5): the variants differ in how fast they climb.
     p.add_argument("--eval-every", type=int, default=2)
-    p.add_argument("--target", type=float, default=0.9, help="accuracy for the steps-to-target column")
+    p.add_argument("--target", type=float, default=None,
+                   help="accuracy for the steps-to-target column (default: easy 0.9, hard 0.5)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--output-dir", type=Path, default=Path("runs/bench_learning"))
+    p.add_argument("--output-dir", type=Path, default=None, help="default runs/bench_learning_SETTING")
     p.add_argument("--resume", action="store_true",
                    help="reuse the figures of runs an interrupted benchmark already finished in --output-dir")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process with (cores / jobs) torch threads: the tiny "
                         "model gains little from a second thread, so 2 jobs on 2 cores take about half the time")
     p.add_argument("--worker", nargs=3, metavar=("VARIANT", "SEED", "ADDRESSES"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--prm-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    run = SETTING_RUNS[args.setting]
+    args.steps = args.steps or run["steps"]
+    args.target = args.target if args.target is not None else {"easy": 0.9, "hard": 0.5}[args.setting]
+    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}")
+    return args
 
 
 def run_config(args: argparse.Namespace, name: str, seed: int) -> QuickstartConfig:
-    base = QuickstartConfig(steps=args.steps, eval_every=args.eval_every)
+    base = QuickstartConfig(
+        steps=args.steps, eval_every=args.eval_every, task=TASK_SETTINGS[args.setting],
+        max_new_tokens=SETTING_RUNS[args.setting]["max_new_tokens"], prm_dir=args.prm_dir,
+    )
     return replace(base, seed=seed, output_dir=args.output_dir / _slug(name) / f"seed{seed}", **VARIANTS[name])
 
 
@@ -148,7 +224,8 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
     """``todo`` in up to ``args.jobs`` worker processes at a time, all on the same services."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    common = ["--steps", str(args.steps), "--eval-every", str(args.eval_every), "--output-dir", str(args.output_dir)]
+    common = ["--setting", args.setting, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+              "--output-dir", str(args.output_dir), "--prm-dir", str(args.prm_dir)]
     running: list[tuple[subprocess.Popen, Path, str]] = []
     queue = list(todo)
     while queue or running:
@@ -178,19 +255,27 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
-    defaults = QuickstartConfig()
-    model_dir = sft_checkpoint(defaults.task, defaults.sft, defaults.cache_dir)
+    task, sft = TASK_SETTINGS[args.setting], SFTConfig()
+    model_dir = sft_checkpoint(task, sft, QuickstartConfig().cache_dir)
     if args.worker:
         name, seed, addresses = args.worker
         run_one(run_config(args, name, int(seed)), model_dir, json.loads(addresses))
         return
 
+    needs_prm = any(VARIANTS[n].get("prm") == "learned" for n in args.variants)
+    quality = None
+    if needs_prm:
+        args.prm_dir = prm_checkpoint(task, sft, PRMConfig(labels=args.labels), QuickstartConfig().cache_dir)
+        quality = prm_quality(args.prm_dir)
     jobs = [(name, seed) for name in args.variants for seed in args.seeds]
     saved = {job: run_config(args, *job).output_dir / "figures.json" for job in jobs}
     todo = [job for job in jobs if not (args.resume and saved[job].exists())]
     started = time.perf_counter()
+    commands = {"answer": SERVICE_COMMANDS["answer"], "steps": SERVICE_COMMANDS["steps"]}
+    if needs_prm:
+        commands["prm"] = learned_prm_command(args.prm_dir)
     with RewardServices() as services:
-        running = services.start_all(SERVICE_COMMANDS, args.output_dir / "logs")
+        running = services.start_all(commands, args.output_dir / "logs")
         addresses = {name: s.address for name, s in running.items()}
         if args.jobs > 1:
             run_in_workers(args, todo, addresses)
@@ -205,12 +290,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}, seed {seed}: held-out accuracy {figures['accuracy_before']:.1%} -> "
               f"{figures['accuracy_after']:.1%}", flush=True)
     rows = summarize(runs, args.target)
+    checks = goal_check(runs, args.steps)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2, default=str))
-    png = plot(runs, args.output_dir / "learning.png", args.target)
-    print(f"\nheld-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, {args.jobs} job(s) "
-          f"at a time (total {time.perf_counter() - started:.0f} s):")
+    (args.output_dir / "results.json").write_text(json.dumps(
+        {"setting": args.setting, "labels": args.labels, "prm_quality": quality, "rows": rows,
+         "goal": checks, "runs": runs}, indent=2, default=str))
+    png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting")
+    print(f"\n{args.setting} setting: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
+          f"{args.jobs} job(s) at a time (total {time.perf_counter() - started:.0f} s):")
+    if quality:
+        print(f"learned PRM ({args.labels} labels), held-out: {format_quality(quality)}")
     print(format_table(rows, args.seeds, args.steps, args.target))
+    for line in checks:
+        print(line)
     print(f"plot: {png}\nfigures: {args.output_dir / 'results.json'}")
 
 

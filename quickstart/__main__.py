@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> QuickstartConfig:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--steps", type=int, default=None, help=f"RL steps (default {d.steps}; --fast: 10)")
-    p.add_argument("--credit", choices=["sum", "min", "none"], default=d.credit,
-                   help="dense PRM credit mode; none = outcome reward only")
+    p.add_argument("--credit", choices=["sum", "min", "outcome_centered", "first_error", "none"], default=d.credit,
+                   help="dense PRM credit mode (README, 'Credit modes'); none = outcome reward only")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--output-dir", type=Path, default=d.output_dir)
     p.add_argument("--cache-dir", type=Path, default=d.cache_dir,

@@ -11,8 +11,7 @@ outcome reward is the stock math-verify scorer (``--scorer math-answer``) compar
 
 from __future__ import annotations
 
-from quickstart.task import STEP_SEPARATOR, check_steps, parse_prompt
-from reward_server.steps import span_text, split_steps
+from quickstart.task import check_steps, parse_prompt
 from reward_server.types import Sample
 
 
@@ -24,13 +23,3 @@ def step_scores(sample: Sample, steps: list[str]) -> list[float]:
     """
     return check_steps(parse_prompt(sample.prompt), steps)
 
-
-def mean_step_score(sample: Sample) -> float:
-    """The process reward collapsed to one number: the share of correct steps (0 if none).
-
-    Served as an *outcome* user function, for estimators that take one score per response
-    (GRPO): ``--scorer user --kind outcome --function quickstart.rewards:mean_step_score``.
-    """
-    spans = split_steps(sample.response, STEP_SEPARATOR)  # as the process service splits
-    scores = step_scores(sample, [span_text(sample.response, span) for span in spans])
-    return sum(scores) / len(scores) if scores else 0.0

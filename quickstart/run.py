@@ -22,11 +22,16 @@ from quickstart.sft import DEFAULT_CACHE_ROOT, SFTConfig, sft_checkpoint
 from quickstart.task import STEP_SEPARATOR, TaskConfig, sample_problems
 
 # How the process reward reaches the policy:
-#   sum / min  dense: each step's score at the token where the step ends (returns.py)
+#   sum, min, outcome_centered, first_error
+#              dense: each step's score at the token where the step ends, credited by that
+#              mode (rpp_learner.algorithms.returns)
 #   none       not at all: outcome reward only
-#   collapsed  folded into the outcome as the share of correct steps, one number per
-#              response (what group estimators such as GRPO need)
-Credit = Literal["sum", "min", "none", "collapsed"]
+#   collapsed  folded into the outcome as the mean step score, one number per response
+#              (what group estimators such as GRPO need; rewards.services[].reduce: mean)
+Credit = str
+# Which process reward model: the exact step checker (a user function, the ceiling) or a
+# learned PRM in the Qwen2.5-Math-PRM layout (quickstart.learned_prm), served by --scorer prm.
+PRM = Literal["rule", "learned"]
 HELDOUT_SEED = 0  # every run, whatever its seed, is judged on the same held-out problems
 
 
@@ -35,6 +40,8 @@ class QuickstartConfig:
     seed: int = 0
     steps: int = 30  # held-out accuracy is flat after ~10-20 steps (bench/bench_learning.py)
     credit: Credit = "sum"  # how step scores reach tokens; "none" = outcome reward only
+    prm: PRM = "rule"
+    prm_dir: Path | None = None  # the learned PRM's checkpoint (prm="learned")
     estimator: str = "reinforce_pp"
     process_weight: float = 1.0  # alpha: step score s adds alpha * (s - 0.5) at its last token
     prompts_per_step: int = 32
@@ -50,10 +57,17 @@ class QuickstartConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self) -> None:
+        from rpp_learner.algorithms import CREDIT_MODES
+
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.credit not in ("sum", "min", "none", "collapsed"):
-            raise ValueError(f"credit must be 'sum', 'min', 'none' or 'collapsed', got {self.credit!r}")
+        choices = [*CREDIT_MODES, "none", "collapsed"]
+        if self.credit not in choices:
+            raise ValueError(f"credit must be one of {', '.join(map(repr, choices))}, got {self.credit!r}")
+        if self.prm not in ("rule", "learned"):
+            raise ValueError(f"prm must be 'rule' or 'learned', got {self.prm!r}")
+        if self.prm == "learned" and self.credit != "none" and self.prm_dir is None:
+            raise ValueError("prm='learned' needs prm_dir, the learned PRM's checkpoint (quickstart.learned_prm)")
         if self.eval_every < 1 or self.steps % self.eval_every:
             raise ValueError(
                 f"eval_every ({self.eval_every}) must divide steps ({self.steps}) so the last "
@@ -75,28 +89,38 @@ SERVICE_COMMANDS = {  # name -> ``rpp-reward-server`` arguments
         "--scorer", "user", "--kind", "process", "--step-separator", STEP_SEPARATOR,
         "--function", "quickstart.rewards:step_scores",
     ],
-    "steps_mean": [
-        "--scorer", "user", "--kind", "outcome", "--function", "quickstart.rewards:mean_step_score",
-    ],
 }
 
 
-def services_needed(credit: Credit) -> list[str]:
-    return {"none": ["answer"], "collapsed": ["answer", "steps_mean"]}.get(credit, ["answer", "steps"])
+def learned_prm_command(prm_dir: Path) -> list[str]:
+    """A learned PRM is served as any released one: ``--scorer prm`` reads its layout."""
+    return ["--scorer", "prm", "--model", str(prm_dir), "--step-separator", STEP_SEPARATOR]
+
+
+def services_needed(cfg: QuickstartConfig) -> dict[str, list[str]]:
+    """The reward services a run needs, name -> ``rpp-reward-server`` arguments."""
+    needed = {"answer": SERVICE_COMMANDS["answer"]}
+    if cfg.credit != "none":
+        needed[process_service_name(cfg)] = (
+            SERVICE_COMMANDS["steps"] if cfg.prm == "rule" else learned_prm_command(cfg.prm_dir)
+        )
+    return needed
+
+
+def process_service_name(cfg: QuickstartConfig) -> str:
+    return "steps" if cfg.prm == "rule" else "prm"
 
 
 def learner_config(cfg: QuickstartConfig, model_dir: Path, data: dict[str, Path], addresses: dict[str, str]) -> dict[str, Any]:
-    services = [{"name": "answer", "kind": "outcome", "targets": [addresses["answer"]]}]
-    if cfg.credit in ("sum", "min"):
-        services.append(
-            {"name": "steps", "kind": "process", "targets": [addresses["steps"]], "weight": cfg.process_weight}
-        )
-    elif cfg.credit == "collapsed":
-        services.append(
-            {"name": "steps_mean", "kind": "outcome", "targets": [addresses["steps_mean"]], "weight": cfg.process_weight}
-        )
     from rpp_learner.algorithms import ESTIMATORS
 
+    services = [{"name": "answer", "kind": "outcome", "targets": [addresses["answer"]]}]
+    if cfg.credit != "none":
+        name = process_service_name(cfg)
+        services.append({
+            "name": name, "kind": "process", "targets": [addresses[name]], "weight": cfg.process_weight,
+            "reduce": "mean" if cfg.credit == "collapsed" else "none",
+        })
     group_estimator = not ESTIMATORS[cfg.estimator].dense
     rollout_batch = cfg.prompts_per_step * cfg.samples_per_prompt
     return {
@@ -115,8 +139,9 @@ def learner_config(cfg: QuickstartConfig, model_dir: Path, data: dict[str, Path]
             "kl_coef": 0.0 if group_estimator else cfg.kl_coef,
             "kl_loss_coef": cfg.kl_coef if group_estimator else 0.0,
             "kl_loss_estimator": "k3",
-            "process_credit": cfg.credit if cfg.credit in ("sum", "min") else "sum",
-            # 1/0 step scores become +-0.5: a wrong step pushes down, a right one up.
+            "process_credit": cfg.credit if cfg.credit not in ("none", "collapsed") else "sum",
+            # Step scores in [0, 1] become s - 0.5: a wrong step pushes down, a right one up.
+            # (first_error reads the raw score itself.)
             "step_score_transform": "centered",
         },
         "optim": {
@@ -138,8 +163,7 @@ def run(cfg: QuickstartConfig, log=print) -> dict[str, Any]:
     model_dir = sft_checkpoint(cfg.task, cfg.sft, cfg.cache_dir, log=log)
     t_sft = time.perf_counter() - started
     with RewardServices() as services:
-        names = services_needed(cfg.credit)
-        running = services.start_all({n: SERVICE_COMMANDS[n] for n in names}, cfg.output_dir / "logs")
+        running = services.start_all(services_needed(cfg), cfg.output_dir / "logs")
         log("[services] " + ", ".join(f"{n} at {s.address} (metrics :{s.metrics_port})" for n, s in running.items()))
         figures = train_and_evaluate(cfg, model_dir, {n: s.address for n, s in running.items()}, log)
         figures["score_requests"] = {name: s.score_requests() for name, s in running.items()}
@@ -180,6 +204,12 @@ def train_and_evaluate(
         "process_reward_first": _head_mean(history, "reward/process"),
         "process_reward_last": _tail_mean(history, "reward/process"),
         "kl_last": history[-1]["kl"],
+        # The step-farming signature: a policy that pleases a PRM by writing more steps.
+        "response_length_first": _head_mean(history, "response_length"),
+        "response_length_last": _tail_mean(history, "response_length"),
+        "steps_per_response_first": _head_mean(history, "reward/steps"),
+        "steps_per_response_last": _tail_mean(history, "reward/steps"),
+        "prm": cfg.prm if cfg.credit != "none" else None,
         "time_rl_s": time.perf_counter() - started,
         "plot": summary["plot"],
         "config": json.loads(json.dumps(asdict(cfg), default=str)),

@@ -75,6 +75,9 @@ class RewardServiceConfig:
     kind: Literal["outcome", "process"] = "outcome"
     targets: list[str] = field(default_factory=list)  # host:port list, or one dns:/// name
     weight: float = 1.0  # outcome: multiplies the score; process: alpha on each step score
+    # process only: "mean" or "min" folds the step scores into the outcome, one number per
+    # response (as OpenRLHF/verl/TRL do; what group estimators need); "none" keeps them dense.
+    reduce: Literal["none", "mean", "min"] = "none"
     timeout_s: float = 30.0
     max_in_flight: int = 4
     token: str | None = None  # bearer token
@@ -464,6 +467,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}.targets is empty: give host:port addresses or a dns:/// name")
         if svc.timeout_s <= 0:
             raise ConfigError(f"{key}.timeout_s must be positive")
+        if svc.reduce != "none" and svc.kind != "process":
+            raise ConfigError(f"{key}.reduce folds step scores into the outcome: it applies to process services only")
         if (svc.tls_cert is None) != (svc.tls_key is None):
             raise ConfigError(f"{key}: tls_cert and tls_key go together (mTLS)")
     if cfg.eval.service is not None and cfg.eval.service not in names:
@@ -492,7 +497,7 @@ def _validate_algo(cfg: Config) -> None:
     groups = cfg.rollout.samples_per_prompt >= 2
     if estimator.needs_groups and not groups:
         raise ConfigError(f"algo.estimator {algo.estimator} needs a group: set rollout.samples_per_prompt >= 2")
-    has_process = any(s.kind == "process" for s in cfg.rewards.services)
+    has_process = any(s.kind == "process" and s.reduce == "none" for s in cfg.rewards.services)
     if not estimator.dense:
         if algo.kl_coef != 0.0:
             raise ConfigError(
@@ -503,7 +508,7 @@ def _validate_algo(cfg: Config) -> None:
             raise ConfigError(
                 f"algo.estimator {algo.estimator} reduces each response to one number and cannot credit "
                 "a process service: use reinforce_pp (or reinforce_pp_baseline), or fold the step scores "
-                "into an outcome service"
+                "into the outcome with rewards.services[].reduce: mean"
             )
     if has_process and credit.needs_groups and not groups:
         raise ConfigError(
@@ -511,7 +516,7 @@ def _validate_algo(cfg: Config) -> None:
             "rollout.samples_per_prompt >= 2"
         )
     if has_process and credit.needs_outcome:
-        if not any(s.kind == "outcome" for s in cfg.rewards.services):
+        if not any(s.kind == "outcome" or s.reduce != "none" for s in cfg.rewards.services):
             raise ConfigError(f"algo.process_credit {algo.process_credit} needs an outcome service")
         if algo.normalize_reward:
             raise ConfigError(

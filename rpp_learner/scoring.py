@@ -235,6 +235,12 @@ def assemble_scores(
                     continue
                 outcome[i] += svc.weight * res.outcome
                 scores.append(res.outcome)
+            elif svc.reduce != "none":  # folded into the outcome: one number per response
+                values = [s.score for s in res.steps]  # a response with no step counts 0
+                if values:
+                    outcome[i] += svc.weight * (sum(values) / len(values) if svc.reduce == "mean" else min(values))
+                scores.extend(values)
+                step_counts.setdefault(svc.name, []).append(len(res.steps))
             else:
                 try:
                     idx, val = _steps_of(

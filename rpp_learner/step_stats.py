@@ -20,7 +20,9 @@ def rollout_metrics(
     over their tokens.
     """
     valid = scored.valid.double()
-    process = (scored.step_scores * (scored.step_token_index >= 0)).sum(1).double()
+    placed = scored.step_token_index >= 0
+    weights = torch.ones_like(scored.step_scores) if scored.step_weights is None else scored.step_weights
+    process = (weights * scored.step_scores * placed).sum(1).double()  # sum of w_j * s_j (raw scores)
     lengths = batch.response_mask.sum(1).double()
     kl_tokens = (kl_penalty(old_logp, ref_logp, "k1").double() * mask).sum()
     sums = all_reduce_sum(torch.stack([
@@ -32,12 +34,14 @@ def rollout_metrics(
         batch.truncated.double().sum(),
         kl_tokens,
         mask.double().sum(),
+        (placed.sum(1).double() * valid).sum(),
     ]))
     n_valid = max(sums[2].item(), 1.0)
     metrics = {
         "reward/outcome": sums[0].item() / n_valid,
         "reward/process": sums[1].item() / n_valid,
         "reward/total": (sums[0] + sums[1]).item() / n_valid,
+        "reward/steps": sums[8].item() / n_valid,
         "reward/failed": sums[3].item() - sums[2].item(),
         "reward/failed_frac": 1.0 - sums[2].item() / sums[3].item(),
         "response_length": sums[4].item() / sums[3].item(),

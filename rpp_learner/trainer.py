@@ -241,6 +241,8 @@ class Trainer:
         old_logp = update.logp if old_logp is None else old_logp  # on-policy: the update's own
         metrics = rollout_metrics(b, scored, mask, old_logp, old_logp if ref_logp is None else ref_logp)
         metrics.update(update.metrics)
+        lone = all_reduce_sum(torch.tensor(adv.metrics["advantages/lone_fraction"] * len(rollout.texts)))
+        metrics["advantages/lone_fraction"] = lone.item() / (len(rollout.texts) * self.world)
         metrics.update({
             "time/step_s": t_end - t0,
             "time/rollout_s": t_rollout - t0,
