@@ -84,9 +84,9 @@ class PRMConfig:
     policy_samples: int = 6000  # the SFT policy's own samples, temperature 1
     mc_rollouts: int = 8  # completions per step prefix (labels=monte_carlo)
     heldout_solutions: int = 400  # of each kind, on held-out problems, for the quality report
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 2e-3  # 5e-4 for 2 epochs stalls at a loss of 0.38 (wrong-step F1 0.77 on hard)
     max_new_tokens: int = 64
     seed: int = 0
 
