@@ -5,7 +5,7 @@ in one run and their ratios (absolute times drift on a shared machine; ratios ho
     rpp-bench serving      # served vs in-process scorer, dynamic batching, gRPC vs HTTP/JSON
     rpp-bench scorers      # HF scorer micro-batching and tag-only logits
     rpp-bench learner      # step time vs TRL GRPOTrainer; 200 ms reward latency vs 0 ms
-    rpp-bench learning     # quickstart task: ORM vs ORM+PRM (sum, min) vs GRPO, 3 seeds
+    rpp-bench learning     # --setting hard|easy: ORM vs ORM + learned PRM (4 credit modes) vs rule PRM vs GRPO, 3 seeds
     rpp-bench replica      # 32 senders of 8 MB requests: peak RSS vs the byte bound; p99 under flood and math bomb
 """
 

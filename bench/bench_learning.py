@@ -4,7 +4,7 @@
     rpp-bench learning --setting easy --jobs 2    # the quickstart task
     rpp-bench learning --seeds 0 --steps 10       # a quick look
 
-Two settings of the column-addition task (``quickstart.task.TASK_SETTINGS``): ``easy``
+Two settings of the column-addition task (``quickstart.settings``): ``easy``
 (the quickstart's: the SFT start is right about a third of the time) and ``hard`` (three
 operands: the SFT start is rarely right, so outcome reward is sparse). For each, one cached
 SFT start and one cached learned PRM (``quickstart.learned_prm``: a tiny Qwen2.5-Math-PRM-
@@ -49,8 +49,8 @@ from quickstart.run import (
     train_and_evaluate,
 )
 from quickstart.services import RewardServices
-from quickstart.sft import SFTConfig, sft_checkpoint
-from quickstart.task import TASK_SETTINGS
+from quickstart.settings import SETTINGS
+from quickstart.sft import sft_checkpoint
 
 ORM_ONLY = "ORM only"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,8 +62,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rule PRM, sum (ceiling)": {"credit": "sum", "prm": "rule"},
     "GRPO, ORM + learned PRM mean": {"credit": "collapsed", "prm": "learned", "estimator": "grpo"},
 }
-# Per setting: RL steps and the response budget (a hard response is 4 lines of 4 terms).
-SETTING_RUNS = {"easy": {"steps": 30, "max_new_tokens": 48}, "hard": {"steps": 40, "max_new_tokens": 64}}
 
 
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -178,7 +176,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path, target: float, title
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rpp-bench learning", description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=list(TASK_SETTINGS), default="hard")
+    p.add_argument("--setting", choices=list(SETTINGS), default="hard")
     p.add_argument("--labels", choices=["exact", "monte_carlo"], default="exact",
                    help="how the learned PRM's training steps are labelled (quickstart.learned_prm)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -197,17 +195,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", nargs=3, metavar=("VARIANT", "SEED", "ADDRESSES"), help=argparse.SUPPRESS)
     p.add_argument("--prm-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    run = SETTING_RUNS[args.setting]
-    args.steps = args.steps or run["steps"]
-    args.target = args.target if args.target is not None else {"easy": 0.9, "hard": 0.5}[args.setting]
+    setting = SETTINGS[args.setting]
+    args.steps = args.steps or setting.rl_steps
+    args.target = args.target if args.target is not None else setting.target
     args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}")
     return args
 
 
 def run_config(args: argparse.Namespace, name: str, seed: int) -> QuickstartConfig:
+    setting = SETTINGS[args.setting]
     base = QuickstartConfig(
-        steps=args.steps, eval_every=args.eval_every, task=TASK_SETTINGS[args.setting],
-        max_new_tokens=SETTING_RUNS[args.setting]["max_new_tokens"], prm_dir=args.prm_dir,
+        steps=args.steps, eval_every=args.eval_every, task=setting.task, sft=setting.sft,
+        max_new_tokens=setting.max_new_tokens, prm_dir=args.prm_dir,
     )
     return replace(base, seed=seed, output_dir=args.output_dir / _slug(name) / f"seed{seed}", **VARIANTS[name])
 
@@ -255,7 +254,7 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
-    task, sft = TASK_SETTINGS[args.setting], SFTConfig()
+    task, sft = SETTINGS[args.setting].task, SETTINGS[args.setting].sft
     model_dir = sft_checkpoint(task, sft, QuickstartConfig().cache_dir)
     if args.worker:
         name, seed, addresses = args.worker

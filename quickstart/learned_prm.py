@@ -52,10 +52,10 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+from quickstart.settings import SETTINGS
 from quickstart.sft import DEFAULT_CACHE_ROOT, SFTConfig, sft_checkpoint
 from quickstart.task import (
     STEP_SEPARATOR,
-    TASK_SETTINGS,
     Problem,
     TaskConfig,
     check_steps,
@@ -384,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()
     d = PRMConfig()
     p = argparse.ArgumentParser(prog="python -m quickstart.learned_prm", description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=list(TASK_SETTINGS), default="easy")
+    p.add_argument("--setting", choices=list(SETTINGS), default="easy")
     p.add_argument("--labels", choices=["exact", "monte_carlo"], default=d.labels)
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_ROOT)
     args = p.parse_args(argv)
-    path = prm_checkpoint(TASK_SETTINGS[args.setting], SFTConfig(), PRMConfig(labels=args.labels), args.cache_dir)
+    setting = SETTINGS[args.setting]
+    path = prm_checkpoint(setting.task, setting.sft, PRMConfig(labels=args.labels), args.cache_dir)
     print(f"learned PRM ({args.setting}, {args.labels} labels): {path}")
     print("held-out quality: " + format_quality(prm_quality(path)))
     print(f"serve it: rpp-reward-server --scorer prm --model {path} --step-separator '\\n'")

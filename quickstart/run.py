@@ -233,7 +233,7 @@ def format_table(f: dict[str, Any]) -> str:
         ("", "SFT start", f"after {f['steps']} RL steps"),
         ("held-out accuracy (greedy)", f"{f['accuracy_before']:.1%}", f"{f['accuracy_after']:.1%}"),
         ("mean outcome reward (train, first/last steps)", f"{f['outcome_reward_first']:.3f}", f"{f['outcome_reward_last']:.3f}"),
-        ("mean process reward (train, first/last steps)", f"{f['process_reward_first']:.3f}", f"{f['process_reward_last']:.3f}"),
+        ("sum of step scores per response (train, first/last)", f"{f['process_reward_first']:.3f}", f"{f['process_reward_last']:.3f}"),
         ("KL to the SFT policy (per token)", "0", f"{f['kl_last']:.4f}"),
     ]
     width = max(len(r[0]) for r in rows)

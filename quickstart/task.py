@@ -73,12 +73,6 @@ class TaskConfig:
             )
 
 
-# The two settings of the learning benchmark. easy: the quickstart's (the SFT start is right
-# about a third of the time, greedily). hard: three operands, so nearly every column has a
-# carry the teacher may drop and the SFT start is rarely right: outcome reward is sparse.
-TASK_SETTINGS: dict[str, TaskConfig] = {}
-
-
 @dataclass(frozen=True)
 class Problem:
     operands: tuple[int, ...]
@@ -98,9 +92,6 @@ class Problem:
     def column(self, index: int) -> list[int]:
         """The digits of column ``index`` (0 = units), one per operand, leading zeros as 0."""
         return [(x // 10**index) % 10 for x in self.operands]
-
-
-TASK_SETTINGS.update(easy=TaskConfig(), hard=TaskConfig(digits=3, operands=3))
 
 
 def parse_prompt(prompt: str) -> Problem:

@@ -27,7 +27,7 @@ from quickstart.learned_prm import (
 from quickstart.run import QuickstartConfig, learned_prm_command, learner_config, write_prompts
 from quickstart.services import RewardServices
 from quickstart.sft import SFTConfig
-from quickstart.task import STEP_SEPARATOR, TASK_SETTINGS, check_steps, final_answer, sample_problems
+from quickstart.task import STEP_SEPARATOR, TaskConfig, check_steps, final_answer, sample_problems
 from reward_server.scorers.prm_models import Qwen2ForProcessRewardModel
 
 # A start that trains in seconds: it writes the task's line format, badly.
@@ -52,7 +52,7 @@ def test_step_quality_by_hand():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_learned_prm_is_built_served_and_trains_the_policy(tmp_path):
-    task = TASK_SETTINGS["easy"]
+    task = TaskConfig()
     cache = tmp_path / "cache"
     prm_dir = prm_checkpoint(task, TINY_SFT, TINY_PRM, cache)
     sft_dir = next(cache.glob("sft-*"))
