@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rpp_learner.algorithms.distributed import all_reduce_sum
 from rpp_learner.algorithms.kl import kl_penalty
-from rpp_learner.algorithms.whiten import all_reduce_sum
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.scoring import ScoredBatch
 

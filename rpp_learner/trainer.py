@@ -33,9 +33,9 @@ from reward_server.client import RewardServiceUnavailable
 from reward_server.types import ServiceInfo
 from rpp_learner import checkpoint as ckpt
 from rpp_learner.algorithms.advantages import AdvantageInputs, compute_advantages
+from rpp_learner.algorithms.distributed import all_reduce_sum
 from rpp_learner.algorithms.kl import kl_penalty
 from rpp_learner.algorithms.rewards import RunningMeanStd
-from rpp_learner.algorithms.whiten import all_reduce_sum
 from rpp_learner.config import Config, ConfigError, save_config
 from rpp_learner.data import PromptOrder, encode_prompt, load_records, split_held_out
 from rpp_learner.forward import batched_logprobs

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
+from rpp_learner.algorithms.distributed import all_reduce_sum
 from rpp_learner.algorithms.loss import global_sequence_count, global_token_count, policy_loss
-from rpp_learner.algorithms.whiten import all_reduce_sum
 from rpp_learner.config import Config
 from rpp_learner.forward import response_logprobs
 from rpp_learner.rollout.base import RolloutBatch

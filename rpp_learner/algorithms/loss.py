@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from rpp_learner.algorithms.distributed import all_reduce_sum
 from rpp_learner.algorithms.kl import kl_penalty
-from rpp_learner.algorithms.whiten import all_reduce_sum
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 _LOG_RATIO_LIMIT = 20.0

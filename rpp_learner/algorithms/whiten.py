@@ -11,26 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_sum(values: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Sum ``values`` over the ranks of ``group`` (a copy; no-op without torch.distributed).
-
-    NCCL reduces only CUDA tensors, so CPU statistics travel through the current GPU and
-    come back to the device they came from.
-    """
-    if not _distributed():
-        return values
-    device = values.device
-    if dist.get_backend(group) == "nccl" and device.type != "cuda":
-        reduced = values.to(torch.device("cuda", torch.cuda.current_device()))
-    else:
-        reduced = values.clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM, group=group)
-    return reduced.to(device)
+from rpp_learner.algorithms.distributed import all_reduce_sum
 
 
 def masked_moments(
