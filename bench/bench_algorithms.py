@@ -28,7 +28,7 @@ from transformers import Qwen2ForCausalLM  # noqa: E402
 from quickstart.tiny_model import tiny_model_config, train_tokenizer  # noqa: E402
 from reward_server.steps import split_steps  # noqa: E402
 from rpp_learner.algorithms import AdvantageInputs, compute_advantages, kl_penalty, pad_steps  # noqa: E402
-from rpp_learner.credit import decode_with_offsets, reward_token_indices  # noqa: E402
+from rpp_learner.alignment import decode_with_offsets, reward_token_indices  # noqa: E402
 
 STEPS = 8
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from reward_server.types import Sample
-from rpp_learner.credit import decode_with_offsets
+from rpp_learner.alignment import decode_with_offsets
 from rpp_learner.data import PromptRecord
 from rpp_learner.rollout.base import RolloutBatch, concat_batches
 from rpp_learner.scoring import ScoredBatch

@@ -25,11 +25,11 @@ from reward_server.client import RewardClient, RewardServiceError, RewardService
 from reward_server.security import TLSConfig
 from reward_server.types import Result, RewardKind, Sample, SampleError, ServiceInfo, Span
 from rpp_learner.algorithms.rewards import pad_steps
+from rpp_learner.alignment import step_reward_tokens
 from rpp_learner.config import RewardServiceConfig
-from rpp_learner.credit import step_reward_tokens
 
 __all__ = [
-    "RewardScorer",
+    "RewardClients",
     "RewardSetupError",
     "RewardServiceUnavailable",
     "ScoredBatch",
@@ -90,7 +90,7 @@ def describe_service(name: str, info: ServiceInfo) -> str:
     return ", ".join(parts)
 
 
-class RewardScorer:
+class RewardClients:
     """One client per configured service, driven from a private event loop thread."""
 
     def __init__(self, services: list[RewardServiceConfig]):
@@ -198,9 +198,9 @@ def assemble_scores(
     """Results of every service -> outcome [B] and (step_token_index, step_scores,
     step_weights) [B, S].
 
-    ``texts[i]`` and ``token_end_bytes[i]`` come from ``rpp_learner.credit.decode_with_offsets``
+    ``texts[i]`` and ``token_end_bytes[i]`` come from ``rpp_learner.alignment.decode_with_offsets``
     and map the returned byte spans to reward tokens; the unfinished last step of a
-    truncated response gets no reward token (see ``credit.step_reward_tokens``), so
+    truncated response gets no reward token (see ``alignment.step_reward_tokens``), so
     ``separators`` (service name -> its step separator, default "\n\n") are needed.
     Several process services add their steps, each step carrying its service's weight.
     """

@@ -44,7 +44,7 @@ from rpp_learner.models import check_model_path, load_causal_lm
 from rpp_learner.rollout import SamplingParams, check_engine, eos_token_ids, make_engine
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.samples import Rollout, concat_rollouts, reward_samples, save_rollout, with_text
-from rpp_learner.scoring import RewardScorer, ScoredBatch, assemble_scores, degenerate_steps
+from rpp_learner.scoring import RewardClients, ScoredBatch, assemble_scores, degenerate_steps
 from rpp_learner.sharding import (
     full_parameters,
     is_sharded,
@@ -84,7 +84,7 @@ class Trainer:
             self.train_records, self.eval_records = split_held_out(records, cfg.data.eval_size, cfg.seed)
         cfg.model.path = check_model_path(cfg.model.path)  # a checkpoint dir means its policy/
         check_engine(cfg)
-        self.scorer = RewardScorer(cfg.rewards.services)
+        self.scorer = RewardClients(cfg.rewards.services)
         self.separators: dict[str, str] = {}
         self._warned_steps: set[str] = set()
         self.service_infos: dict[str, ServiceInfo] = {}

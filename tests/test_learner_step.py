@@ -15,7 +15,7 @@ from reward_server.steps import split_steps
 from reward_server.types import Sample
 from rpp_learner.algorithms.advantages import AdvantageInputs, compute_advantages
 from rpp_learner.config import RewardServiceConfig
-from rpp_learner.scoring import RewardScorer, assemble_scores
+from rpp_learner.scoring import RewardClients, assemble_scores
 from rpp_learner.trainer import Trainer
 from tests.helpers.learner_rewards import (
     ARRIVALS,
@@ -47,7 +47,7 @@ def services():
 
 
 def reward_token_by_prefix_decode(tokenizer, tokens: list[int], text: str, end_byte: int) -> int:
-    """Independent of rpp_learner.credit: the first token whose decoded prefix holds the
+    """Independent of rpp_learner.alignment: the first token whose decoded prefix holds the
     text's first ``end_byte`` bytes (a token carrying half a character does not)."""
     want = text.encode("utf-8")[:end_byte]
     for i in range(len(tokens)):
@@ -133,12 +133,12 @@ def test_known_sample_prm_scores_land_at_step_end_tokens(policy_dir, services):
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     text = "Let x = 3. Then 2x = 6 ✓"
     tokens = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-    from rpp_learner.credit import decode_with_offsets
+    from rpp_learner.alignment import decode_with_offsets
 
     decoded, ends = decode_with_offsets(tokenizer, tokens[:-1])
     assert decoded == text
     svc = RewardServiceConfig(name="prm", kind="process", targets=[services["process"].address], weight=0.5)
-    scorer = RewardScorer([svc])
+    scorer = RewardClients([svc])
     try:
         infos = scorer.check(5.0)
         results = scorer.submit([Sample(id="k", prompt="p", response=text)]).result()

@@ -121,7 +121,7 @@ def step_rewards(
         row, col = on_padding.nonzero()[0].tolist()
         raise ValueError(
             f"sequence {row}, step {col}: reward token {step_token_index[row, col].item()} is a "
-            "padding token; map steps with rpp_learner.credit.reward_token_indices"
+            "padding token; map steps with rpp_learner.alignment.reward_token_indices"
         )
     if step_weights is not None and step_weights.shape != step_scores.shape:
         raise ValueError(

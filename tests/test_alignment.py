@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 from reward_server.steps import split_steps
 from reward_server.types import Span
-from rpp_learner.credit import (
+from rpp_learner.alignment import (
     TokenAlignmentError,
     _gpt2_char_to_byte,
     decode_with_offsets,
