@@ -51,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--host", default=d.host, help="address to bind; 0.0.0.0 or :: to serve beyond this machine")
     n.add_argument("--port", type=int, default=d.port, help="0: any free port")
     n.add_argument("--max-batch-samples", type=int, default=d.max_batch_samples)
-    n.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+    n.add_argument("--max-batch-bytes", type=int, default=d.max_batch_bytes,
                    help="Scorer.cost budget per scorer call: UTF-8 bytes (a bound on tokens) unless the "
                         "scorer counts otherwise; HF scorers also cap padded tokens per forward "
                         "(--option max_batch_tokens=N)")
+    n.add_argument("--max-batch-tokens", type=int, dest="max_batch_tokens_deprecated", default=None,
+                   help="deprecated: the old name of --max-batch-bytes (it always counted bytes)")
     n.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
     n.add_argument("--scorer-timeout-s", type=float, default=d.scorer_timeout_s,
                    help="limit of one scorer call: past it its samples get TIMEOUT, health says NOT_SERVING "
@@ -133,10 +135,18 @@ def build_scorer(name: str, options: dict[str, Any]) -> Scorer:
     return scorer
 
 
+def _max_batch_bytes(args: argparse.Namespace) -> int:
+    if args.max_batch_tokens_deprecated is None:
+        return args.max_batch_bytes
+    print("rpp-reward-server: --max-batch-tokens is deprecated and counts UTF-8 bytes: use --max-batch-bytes "
+          "(the padded tokens of an HF scorer's forward are --option max_batch_tokens=N)", file=sys.stderr)
+    return args.max_batch_tokens_deprecated
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port,
-        max_batch_samples=args.max_batch_samples, max_batch_tokens=args.max_batch_tokens,
+        max_batch_samples=args.max_batch_samples, max_batch_bytes=_max_batch_bytes(args),
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, scorer_timeout_s=args.scorer_timeout_s,
         max_samples_per_request=args.max_samples_per_request, max_sample_bytes=args.max_sample_bytes,
         max_message_bytes=args.max_message_bytes, max_inflight_bytes=args.max_inflight_bytes,

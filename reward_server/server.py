@@ -56,7 +56,7 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise: a reward server is not public
     port: int = 0  # 0: any free port (read it from ServerHandle.address or the ready file)
     max_batch_samples: int = 64  # samples per scorer call
-    max_batch_tokens: int = 262_144  # Scorer.cost budget per scorer call (UTF-8 bytes, an upper bound on tokens)
+    max_batch_bytes: int = 262_144  # Scorer.cost budget per scorer call (UTF-8 bytes, an upper bound on tokens)
     # Continuous batching: an idle scorer takes what is queued at once (0), or waits up to this
     # long after the oldest queued sample arrived for the batch to fill. Work that queued while
     # the scorer was busy never waits.
@@ -97,7 +97,7 @@ class ServerConfig:
 
     def batching(self) -> BatchingConfig:
         return BatchingConfig(
-            self.max_batch_samples, self.max_batch_tokens, self.max_wait_ms, self.max_queue, self.scorer_timeout_s
+            self.max_batch_samples, self.max_batch_bytes, self.max_wait_ms, self.max_queue, self.scorer_timeout_s
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

@@ -43,7 +43,7 @@ def test_32_concurrent_clients_get_their_own_results_from_merged_batches() -> No
 def test_batches_respect_the_cost_budget_and_an_oversized_sample_runs_alone() -> None:
     scorer = SlowAsyncScorer(delay_s=0.01)
     # cost = prompt + response bytes; 10-byte samples, a budget of 35 fits three of them.
-    config = ServerConfig(max_batch_samples=64, max_batch_tokens=35, max_wait_ms=20, metrics_port=None)
+    config = ServerConfig(max_batch_samples=64, max_batch_bytes=35, max_wait_ms=20, metrics_port=None)
     with start_in_thread(scorer, config) as server:
 
         async def run() -> list:

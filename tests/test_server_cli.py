@@ -53,3 +53,13 @@ def test_a_busy_port_is_one_clear_line(tmp_path):
     assert ours == [f"rpp-reward-server: cannot listen on 127.0.0.1:{port}: the address is in use (another server "
                     "on that port?) or not this machine's; pick another --port, or --port 0 for any free one"]
     assert "Traceback" not in second.stderr
+
+
+def test_the_old_max_batch_tokens_flag_still_works_and_says_what_replaced_it(capsys):
+    from reward_server.cli import _max_batch_bytes, build_parser
+
+    args = build_parser().parse_args(["--scorer", "math-answer", "--max-batch-tokens", "1000"])
+    assert _max_batch_bytes(args) == 1000
+    assert "--max-batch-tokens is deprecated and counts UTF-8 bytes: use --max-batch-bytes" in capsys.readouterr().err
+    args = build_parser().parse_args(["--scorer", "math-answer", "--max-batch-bytes", "2000"])
+    assert _max_batch_bytes(args) == 2000 and capsys.readouterr().err == ""
