@@ -229,8 +229,8 @@ class Trainer:
         adv = self._advantages(rollout, scored, mask, old_logp, ref_logp)
         mask = adv.mask  # algo.drop_truncated may have dropped more rows
         update = run_update(
-            self.cfg, self.acc, self.policy, self.optimizer, self.scheduler, b, mask,
-            old_logp, ref_logp, adv.advantages, self._seed(step),
+            self.cfg, self.acc, self.policy, self.optimizer, self.scheduler,
+            b=b, mask=mask, old_logp=old_logp, ref_logp=ref_logp, advantages=adv.advantages, seed=self._seed(step),
         )
         if self.engine.owns_weights:  # its own copy (vLLM, or HF under FSDP2): push the update
             self.engine.load_weights(full_parameters(self.acc.unwrap_model(self.policy)))

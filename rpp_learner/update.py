@@ -48,6 +48,7 @@ def run_update(
     policy: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
+    *,
     b: RolloutBatch,
     mask: torch.Tensor,
     old_logp: torch.Tensor | None,
@@ -87,7 +88,8 @@ def run_update(
                         old = old_logp[c].to(dev)
                     loss, m = policy_loss(
                         logp, old, advantages[c].to(dev), mask[c].to(dev),
-                        algo.clip_low, algo.clip_high, algo.dual_clip, num_tokens, algo.loss_aggregation,
+                        clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+                        num_tokens=num_tokens, aggregation=algo.loss_aggregation,
                         num_sequences=num_seqs, ref_logp=None if ref_logp is None else ref_logp[c].to(dev),
                         kl_loss_coef=algo.kl_loss_coef, kl_loss_kind=algo.kl_loss_estimator,
                     )
