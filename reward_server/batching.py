@@ -42,10 +42,10 @@ import asyncio
 import collections
 import logging
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reward_server.loop_thread import LoopThread
 from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
 from reward_server.types import Result, RewardKind, Sample, SampleError
@@ -114,20 +114,13 @@ class _ScorerThread:
 
     def __init__(self, scorer: Scorer) -> None:
         self._scorer = scorer
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"scorer-{scorer.model_name}", daemon=True
-        )
-        self._thread.start()
+        self._io = LoopThread(f"scorer-{scorer.model_name}")
 
     async def score(self, samples: list[Sample]) -> list[Result]:
-        future = asyncio.run_coroutine_threadsafe(self._scorer.score(samples), self._loop)
-        return await asyncio.wrap_future(future)
+        return await self._io.run_async(self._scorer.score(samples))
 
     def stop(self, wait: bool = True) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if wait:
-            self._thread.join(timeout=10)
+        self._io.stop(wait)
 
 
 def check_results(samples: list[Sample], results: object, kind: RewardKind) -> list[Result]:

@@ -26,13 +26,13 @@ import functools
 import ipaddress
 import json
 import socket
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
 from reward_server import convert
+from reward_server.loop_thread import LoopThread
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
 from reward_server.quoting import short_repr
@@ -426,37 +426,27 @@ class BlockingRewardClient:
     """RewardClient for synchronous code: runs it on a private event loop thread."""
 
     def __init__(self, targets: str | Sequence[str], **kwargs) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="reward-client", daemon=True)
-        self._thread.start()
+        self._io = LoopThread("reward-client")
 
-        async def make() -> RewardClient:
+        async def make() -> RewardClient:  # a channel belongs to the loop that creates it
             return RewardClient(targets, **kwargs)
 
         try:
-            self._client = self._run(make())
+            self._client = self._io.run(make())
         except BaseException:
-            self._stop_loop()
+            self._io.stop()
             raise
 
-    def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
     def get_info(self) -> ServiceInfo:
-        return self._run(self._client.get_info())
+        return self._io.run(self._client.get_info())
 
     def score(self, samples: Sequence[Sample]) -> list[Result]:
-        return self._run(self._client.score(samples))
+        return self._io.run(self._client.score(samples))
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._run(self._client.close())
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        if self._io.running and not self._io.loop.is_closed():
+            self._io.run(self._client.close())
+            self._io.stop()
 
     def __enter__(self) -> BlockingRewardClient:
         return self

@@ -15,13 +15,13 @@ Failure policy:
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
 from reward_server.client import RewardClient, RewardServiceError, RewardServiceUnavailable
+from reward_server.loop_thread import LoopThread
 from reward_server.security import TLSConfig
 from reward_server.types import Result, RewardKind, Sample, SampleError, ServiceInfo, Span
 from rpp_learner.algorithms.rewards import pad_steps
@@ -95,13 +95,11 @@ class RewardClients:
 
     def __init__(self, services: list[RewardServiceConfig]):
         self.services = services
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rpp-reward-io", daemon=True)
-        self._thread.start()
+        self._io = LoopThread("rpp-reward-io")
         self._clients: dict[str, RewardClient] = self._run(self._open())
 
     def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._io.run(coro)
 
     async def _open(self) -> dict[str, RewardClient]:
         # Channels must be created on the loop that uses them.
@@ -146,7 +144,7 @@ class RewardClients:
         """Start scoring ``samples`` with every service (or those named in ``only``);
         the future holds the results by service name."""
         services = [s for s in self.services if only is None or s.name in only]
-        return asyncio.run_coroutine_threadsafe(self._score_all(samples, services), self._loop)
+        return self._io.submit(self._score_all(samples, services))
 
     async def _score_all(
         self, samples: list[Sample], services: list[RewardServiceConfig]
@@ -163,16 +161,14 @@ class RewardClients:
         return dict(zip((s.name for s in services), results, strict=True))
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._io.loop.is_closed():
             return
 
         async def close_all() -> None:
             await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
 
         self._run(close_all())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        self._io.stop(timeout_s=5)
 
 
 def _steps_of(
