@@ -66,7 +66,7 @@ from quickstart.task import (
 from reward_server.scorers.prm_inputs import QWEN_PRM_SYSTEM_PROMPT, qwen_math_prm_input
 from reward_server.scorers.prm_models import Qwen2ForProcessRewardModel
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SEPARATOR_TOKEN = "<extra_0>"
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 # ChatML, as Qwen2.5 renders it (no default system turn: the PRM input brings its own).
@@ -194,11 +194,22 @@ def prm_tokenizer(sft_dir: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def prm_from_policy(sft_dir: Path, vocab_size: int) -> Qwen2ForProcessRewardModel:
+def prm_from_policy(sft_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Qwen2ForProcessRewardModel:
     """A Qwen2ForProcessRewardModel whose backbone starts as the SFT policy's (as Qwen2.5-Math-PRM
-    starts from Qwen2.5-Math-Instruct); the new tokens get fresh embeddings, the head is new."""
+    starts from Qwen2.5-Math-Instruct); the head is new.
+
+    ``<extra_0>`` takes the place of the newline that ends each line in the policy's own
+    text, so it starts as the newline's embedding: the backbone then reads the joined steps
+    as the lines it learned to write, column by column. (From a mean embedding, the line
+    structure is lost and training often stalls at per-position priors.)"""
+    vocab_size = len(tokenizer)
     policy = Qwen2ForCausalLM.from_pretrained(sft_dir)
-    policy.resize_token_embeddings(vocab_size)
+    policy.resize_token_embeddings(vocab_size, mean_resizing=False)
+    embeddings = policy.get_input_embeddings().weight
+    newline = tokenizer.encode(STEP_SEPARATOR, add_special_tokens=False)
+    with torch.no_grad():
+        for token in (SEPARATOR_TOKEN, *CHAT_TOKENS):  # the chat markers, which sit between lines, too
+            embeddings[tokenizer.convert_tokens_to_ids(token)] = embeddings[newline].mean(0)
     config = Qwen2Config.from_pretrained(sft_dir)
     config.vocab_size = vocab_size
     config.num_labels = 2
@@ -345,7 +356,7 @@ def prm_checkpoint(
     log(f"[prm] {len(train)} training solutions ({cfg.labels} labels), {len(steps)} steps, "
         f"{1 - sum(steps) / len(steps):.1%} labelled wrong")
     tokenizer = prm_tokenizer(sft_dir)
-    model = prm_from_policy(sft_dir, len(tokenizer))
+    model = prm_from_policy(sft_dir, tokenizer)
     train_prm(model, tokenizer, train, cfg, log)
     quality = step_quality([s.labels for s in heldout], step_probabilities(model, tokenizer, heldout))
     if cfg.labels != "exact":  # how far the Monte-Carlo labels are from the truth, on train
