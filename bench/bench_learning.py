@@ -22,9 +22,10 @@ SFT start, with the same steps, batch and learning rate:
 Prints, per variant, held-out greedy accuracy after the last step (mean, sd and per
 seed), the first evaluated step reaching ``--target``, the final per-token KL, and the
 step-farming signature (mean response length and steps per response, first and last
-steps); then the goal check: does the best learned-PRM mode reach each seed's ORM-only
-final accuracy in at most half the steps, and does every dense mode end at or above
-ORM-only. Writes a PNG of the accuracy curves and a JSON of every figure. Whatever the
+steps), the PRM's score per training response (rising while held-out accuracy falls means
+the policy pleases the PRM instead of adding right); then the goal check: does the best
+learned-PRM mode reach each seed's ORM-only final accuracy in at most half the steps, and
+does every dense mode end at or above ORM-only. Writes a PNG of the accuracy curves and a JSON of every figure. Whatever the
 numbers say, they are what ran.
 """
 
@@ -89,6 +90,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
             # ORM-only runs have no process service, so no steps are counted there.
             "steps_first": _mean_of(figures, "steps_per_response_first") if figures[0].get("prm") else None,
             "steps_last": _mean_of(figures, "steps_per_response_last") if figures[0].get("prm") else None,
+            # Sum of the PRM's raw step scores per training response: rising while held-out
+            # accuracy falls is a policy pleasing the PRM rather than getting sums right.
+            "prm_first": _mean_of(figures, "process_reward_first") if figures[0].get("prm") else None,
+            "prm_last": _mean_of(figures, "process_reward_last") if figures[0].get("prm") else None,
             "time_s": statistics.mean(f["time_rl_s"] for f in figures),
         })
     return rows
@@ -99,14 +104,14 @@ def _mean_of(figures: list[dict[str, Any]], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def _arrow(first: float | None, last: float | None) -> str:
-    return "-" if first is None or last is None else f"{first:.1f} -> {last:.1f}"
+def _arrow(first: float | None, last: float | None, digits: int = 1) -> str:
+    return "-" if first is None or last is None else f"{first:.{digits}f} -> {last:.{digits}f}"
 
 
 def format_table(rows: list[dict[str, Any]], seeds: list[int], steps: int, target: float) -> str:
     head = (
         f"{'variant':<30} {'SFT':>6} {f'acc @ {steps} (mean ± sd)':>22} {'per seed ' + str(seeds):>24} "
-        f"{f'steps to {target:.0%}':>14} {'KL':>7} {'length':>13} {'steps/resp':>11} {'RL time':>8}"
+        f"{f'steps to {target:.0%}':>14} {'KL':>7} {'length':>13} {'steps/resp':>11} {'PRM/resp':>12} {'RL time':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -115,8 +120,61 @@ def format_table(rows: list[dict[str, Any]], seeds: list[int], steps: int, targe
         lines.append(
             f"{r['variant']:<30} {r['before']:>6.1%} {r['after_mean']:>13.1%} ± {r['after_std']:>5.1%} "
             f"{per_seed:>24} {reached:>14} {r['kl_last']:>7.4f} {_arrow(r['length_first'], r['length_last']):>13} "
-            f"{_arrow(r['steps_first'], r['steps_last']):>11} {r['time_s']:>7.0f}s"
+            f"{_arrow(r['steps_first'], r['steps_last']):>11} {_arrow(r['prm_first'], r['prm_last'], 2):>12} "
+            f"{r['time_s']:>7.0f}s"
         )
+    return "\n".join(lines)
+
+
+def audit_policies(args: argparse.Namespace, jobs: list[tuple[str, int]], samples: int = 256) -> dict[str, dict[str, float]]:
+    """Each variant's final policies, sampled at temperature 1 on held-out problems: the
+    share of steps that are exactly right (the task's checker) next to the learned PRM's
+    mean step score for the same steps. A PRM score above the true share is what a policy
+    that learned to please the PRM looks like."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    from quickstart.learned_prm import (
+        Solution,
+        sample_responses,
+        split_response,
+        step_probabilities,
+    )
+    from quickstart.run import HELDOUT_SEED
+    from quickstart.task import check_steps, final_answer, sample_problems
+    from reward_server.scorers.prm_models import Qwen2ForProcessRewardModel
+    from rpp_learner.checkpoint import find_checkpoint
+
+    setting = SETTINGS[args.setting]
+    problems = sample_problems(samples, "heldout", HELDOUT_SEED, setting.task)
+    prm = Qwen2ForProcessRewardModel.from_pretrained(args.prm_dir).eval()
+    prm_tokenizer = AutoTokenizer.from_pretrained(args.prm_dir)
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for name, seed in jobs:
+        policy_dir = find_checkpoint("latest", run_config(args, name, seed).output_dir) / "policy"
+        policy = Qwen2ForCausalLM.from_pretrained(policy_dir).eval()
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        texts = sample_responses(policy, tokenizer, [(p.prompt, "") for p in problems], setting.max_new_tokens,
+                                 seed=1000 + seed, desc=f"audit {name} seed {seed}")
+        solutions = [Solution(p, split_response(t), []) for p, t in zip(problems, texts, strict=True)]
+        solutions = [s for s in solutions if s.steps]
+        with torch.no_grad():
+            scores = step_probabilities(prm, prm_tokenizer, solutions)
+        exact = [v for s in solutions for v in check_steps(s.problem, s.steps)]
+        learned = [v for row in scores for v in row]
+        right = sum(final_answer("\n".join(s.steps)) == s.problem.answer for s in solutions) / len(problems)
+        out.setdefault(name, []).append((sum(exact) / len(exact), sum(learned) / len(learned), right))
+    return {name: {"exact_step_share": statistics.mean(r[0] for r in rows),
+                   "prm_step_score": statistics.mean(r[1] for r in rows),
+                   "sampled_accuracy": statistics.mean(r[2] for r in rows)} for name, rows in out.items()}
+
+
+def format_audit(audit: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'final policies, held-out samples':<32} {'steps exactly right':>20} "
+             f"{'learned PRM step score':>23} {'answers right':>14}"]
+    for name, a in audit.items():
+        lines.append(f"{name:<32} {a['exact_step_share']:>20.1%} {a['prm_step_score']:>23.3f} "
+                     f"{a['sampled_accuracy']:>14.1%}")
     return "\n".join(lines)
 
 
@@ -290,16 +348,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{figures['accuracy_after']:.1%}", flush=True)
     rows = summarize(runs, args.target)
     checks = goal_check(runs, args.steps)
+    audit = audit_policies(args, jobs) if args.prm_dir else {}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "results.json").write_text(json.dumps(
         {"setting": args.setting, "labels": args.labels, "prm_quality": quality, "rows": rows,
-         "goal": checks, "runs": runs}, indent=2, default=str))
+         "goal": checks, "audit": audit, "runs": runs}, indent=2, default=str))
     png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting")
     print(f"\n{args.setting} setting: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
           f"{args.jobs} job(s) at a time (total {time.perf_counter() - started:.0f} s):")
     if quality:
         print(f"learned PRM ({args.labels} labels), held-out: {format_quality(quality)}")
     print(format_table(rows, args.seeds, args.steps, args.target))
+    if audit:
+        print(format_audit(audit))
     for line in checks:
         print(line)
     print(f"plot: {png}\nfigures: {args.output_dir / 'results.json'}")
