@@ -8,6 +8,10 @@ RL run that goes with it.
   more: outcome reward is sparse, which is where step credit has something to add. Copying
   three operands' digits is harder, so its SFT sees twice the demonstrations (with the
   quickstart's 49,152 the start also copies wrong digits, which no step label explains).
+  Measured: greedy 0.5% right, but 13% of temperature-1 samples are, enough for outcome
+  reward alone to find the carries within a few steps.
+- ``sparse``: ``hard`` with a teacher that drops 90% of due carries: about 1 sample in 15
+  is right at temperature 1, so an outcome-only signal is rare.
 """
 
 from __future__ import annotations
@@ -31,4 +35,6 @@ SETTINGS: dict[str, Setting] = {
     "easy": Setting(TaskConfig(), SFTConfig(), max_new_tokens=48, rl_steps=30, target=0.9),
     "hard": Setting(TaskConfig(digits=3, operands=3), SFTConfig(examples=98304), max_new_tokens=64,
                     rl_steps=40, target=0.5),
+    "sparse": Setting(TaskConfig(digits=3, operands=3, carry_slip=0.9), SFTConfig(examples=98304),
+                      max_new_tokens=64, rl_steps=40, target=0.5),
 }
