@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from quickstart.settings import SETTINGS
-from quickstart.sft import DEFAULT_CACHE_ROOT, SFTConfig, sft_checkpoint
+from quickstart.sft import DEFAULT_CACHE_ROOT, SFTConfig, optimizer_step, sft_checkpoint
 from quickstart.task import (
     STEP_SEPARATOR,
     Problem,
@@ -258,11 +258,7 @@ def train_prm(model, tokenizer, solutions: list[Solution], cfg: PRMConfig, log=p
                                               tokenizer.pad_token_id)
             logits = model(input_ids=ids, attention_mask=attention)
             loss = torch.nn.functional.cross_entropy(logits.view(-1, 2), targets.view(-1), ignore_index=-100)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, loss, optimizer, schedule)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()

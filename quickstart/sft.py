@@ -125,11 +125,7 @@ def train_sft_model(
         batch = texts[step * sft.batch_size : (step + 1) * sft.batch_size]
         input_ids, attention_mask, labels = collate(tokenizer, batch)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, loss, optimizer, schedule)
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -137,6 +133,15 @@ def train_sft_model(
     log(f"[sft] {steps} steps, last loss {loss.item():.3f}")
     model.eval()
     return model, tokenizer
+
+
+def optimizer_step(model: torch.nn.Module, loss: torch.Tensor, optimizer, schedule, max_grad_norm: float = 1.0) -> None:
+    """Backward, clip the gradient norm, step the optimiser and the schedule, clear grads."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def collate(
