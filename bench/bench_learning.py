@@ -77,6 +77,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
         reached = [steps_to_target(f["accuracy_curve"], target) for f in figures]
 
 
+        # Placed steps and a dense PRM score exist only where the PRM is a process service
+        # (ORM-only has none; GRPO's PRM is folded into its outcome).
+        dense = figures[0].get("prm") is not None and figures[0].get("credit") != "collapsed"
         rows.append({
             "variant": name,
             "before": statistics.mean(f["accuracy_before"] for f in figures),
@@ -87,13 +90,12 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
             "kl_last": statistics.mean(f["kl_last"] for f in figures),
             "length_first": _mean_of(figures, "response_length_first"),
             "length_last": _mean_of(figures, "response_length_last"),
-            # ORM-only runs have no process service, so no steps are counted there.
-            "steps_first": _mean_of(figures, "steps_per_response_first") if figures[0].get("prm") else None,
-            "steps_last": _mean_of(figures, "steps_per_response_last") if figures[0].get("prm") else None,
+                "steps_first": _mean_of(figures, "steps_per_response_first") if dense else None,
+            "steps_last": _mean_of(figures, "steps_per_response_last") if dense else None,
             # Sum of the PRM's raw step scores per training response: rising while held-out
             # accuracy falls is a policy pleasing the PRM rather than getting sums right.
-            "prm_first": _mean_of(figures, "process_reward_first") if figures[0].get("prm") else None,
-            "prm_last": _mean_of(figures, "process_reward_last") if figures[0].get("prm") else None,
+            "prm_first": _mean_of(figures, "process_reward_first") if dense else None,
+            "prm_last": _mean_of(figures, "process_reward_last") if dense else None,
             "time_s": statistics.mean(f["time_rl_s"] for f in figures),
         })
     return rows
