@@ -10,8 +10,9 @@ RL run that goes with it.
   quickstart's 49,152 the start also copies wrong digits, which no step label explains).
   Measured: greedy 0.5% right, but 13% of temperature-1 samples are, enough for outcome
   reward alone to find the carries within a few steps.
-- ``sparse``: ``hard`` with a teacher that drops 90% of due carries: about 1 sample in 15
-  is right at temperature 1, so an outcome-only signal is rare.
+- ``sparse``: ``hard`` with a teacher that drops 90% of due carries. Measured: greedy 5%
+  right (it drops every carry, so only carry-free sums come out right), 10.5% of
+  temperature-1 samples: rarer outcome reward than ``hard``, though not by much.
 """
 
 from __future__ import annotations
