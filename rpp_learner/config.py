@@ -365,7 +365,8 @@ def apply_estimator_defaults(raw: dict[str, Any]) -> list[str]:
         algo = raw["algo"] = {}
     if not isinstance(algo, dict):
         return []  # _build reports it
-    import_plugins(list(algo.get("plugins") or []))
+    plugins = algo.get("plugins") or []
+    import_plugins([plugins] if isinstance(plugins, str) else list(plugins))  # one name is a list of one
     spec = ESTIMATORS.get(algo.get("estimator", AlgoConfig.estimator))
     if spec is None:
         return []  # validate() names the unknown estimator
