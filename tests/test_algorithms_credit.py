@@ -265,3 +265,20 @@ def test_accelerate_gradient_accumulation_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "gradient_accumulation_steps=4" in proc.stderr and "optim.mini_batch_size" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("reduce", "want"), [("mean", [0.5 + 0.5 * 0.6, 0.5 + 0.0]), ("min", [0.5 + 0.5 * 0.2, 0.5])])
+def test_a_reduced_process_service_folds_its_step_scores_into_the_outcome(reduce, want):
+    """reduce: mean|min gives one number per response (what GRPO needs); nothing is placed."""
+    from reward_server.types import Result, Span, StepScore
+    from rpp_learner.config import RewardServiceConfig
+    from rpp_learner.scoring import assemble_scores
+
+    services = [RewardServiceConfig(name="answer", kind="outcome", targets=["x:1"], weight=0.5),
+                RewardServiceConfig(name="prm", kind="process", targets=["x:2"], weight=0.5, reduce=reduce)]
+    steps = [StepScore(Span(0, 1), 1.0), StepScore(Span(2, 3), 0.2)]
+    results = {"answer": [Result(id="a", outcome=1.0), Result(id="b", outcome=1.0)],
+               "prm": [Result(id="a", steps=steps), Result(id="b", steps=[])]}  # b: no step counts 0
+    scored = assemble_scores(results, services, ["x\ny", ""], [[1, 2, 3], []], [False, False])
+    close(scored.outcome, want)
+    assert scored.valid.all() and (scored.step_token_index < 0).all()
