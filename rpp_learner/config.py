@@ -66,7 +66,11 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     generation_batch_prompts: int = 16  # prompts per generate call (per process)
-    vllm_gpu_memory_utilization: float = 0.4
+    vllm_gpu_memory_utilization: float = 0.4  # GPU: the share of its memory vLLM may take
+    # KV-cache size in GiB, on GPU or CPU; 0 = automatic: on GPU the share above, on CPU a
+    # cache that holds one step's rollouts (vLLM's CPU default takes a fraction of all RAM).
+    vllm_kv_cache_gib: float = 0.0
+    vllm_enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start)
 
 
 @dataclass

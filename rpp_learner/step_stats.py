@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rpp_learner.algorithms.distributed import all_reduce_sum
+from rpp_learner.algorithms.distributed import all_reduce_max, all_reduce_sum
 from rpp_learner.algorithms.kl import kl_penalty
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.scoring import ScoredBatch
@@ -51,3 +51,20 @@ def rollout_metrics(
     for name, fails in sorted(scored.failures.items()):
         metrics[f"reward/failed/{name}"] = float(fails)  # this process's count
     return metrics
+
+
+def sampler_mismatch_metrics(batch: RolloutBatch, policy_logp: torch.Tensor) -> dict[str, float]:
+    """How far the rollout engine's log-probs of its own samples are from the learner's
+    log-probs of them under the same weights (|difference| over response tokens, over every
+    process). Near 0 when the engine samples from the policy being trained; a stale weight
+    push or a numerics gap (bf16 kernels, top-p truncation) shows here first. Empty for
+    engines that report no log-probs (HF: the learner's own forward is the sampler)."""
+    if batch.sampler_logprobs is None:
+        return {}
+    mask = batch.response_mask.bool()
+    gap = (batch.sampler_logprobs.double() - policy_logp.detach().double().cpu()).abs() * mask
+    sums = all_reduce_sum(torch.stack([gap.sum(), mask.double().sum()]))
+    return {
+        "rollout/sampler_logprob_gap": sums[0].item() / max(sums[1].item(), 1.0),
+        "rollout/sampler_logprob_gap_max": all_reduce_max(gap.max()).item(),
+    }

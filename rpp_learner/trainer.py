@@ -52,7 +52,7 @@ from rpp_learner.sharding import (
     refuse_unsupported_sharding,
     shard_frozen,
 )
-from rpp_learner.step_stats import rollout_metrics
+from rpp_learner.step_stats import rollout_metrics, sampler_mismatch_metrics
 from rpp_learner.update import is_on_policy, run_update
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -240,6 +240,7 @@ class Trainer:
             save_rollout(self.out_dir / "rollouts" / f"step_{step:06d}_rank{self.rank}.pt", rollout, scored, adv)
         old_logp = update.logp if old_logp is None else old_logp  # on-policy: the update's own
         metrics = rollout_metrics(b, scored, mask, old_logp, old_logp if ref_logp is None else ref_logp)
+        metrics.update(sampler_mismatch_metrics(b, old_logp))
         metrics.update(update.metrics)
         lone = all_reduce_sum(torch.tensor(adv.metrics["advantages/lone_fraction"] * len(rollout.texts)))
         metrics["advantages/lone_fraction"] = lone.item() / (len(rollout.texts) * self.world)

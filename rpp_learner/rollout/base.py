@@ -29,7 +29,9 @@ class RolloutBatch:
 
     ``prompt_ids`` are left-padded ([B, P]); ``response_ids`` are right-padded ([B, T]);
     ``response_mask`` is 1 for generated tokens up to and including EOS; ``truncated`` is
-    True where the response hit ``max_new_tokens`` without EOS.
+    True where the response hit ``max_new_tokens`` without EOS. ``sampler_logprobs``
+    ([B, T], 0 past the mask) are the engine's own log-probs of the tokens it drew, from
+    an engine that computes them apart from the learner (vLLM); None otherwise.
     """
 
     prompt_ids: torch.Tensor
@@ -37,6 +39,7 @@ class RolloutBatch:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     truncated: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -96,10 +99,17 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     ]
     prompt_ids, prompt_mask = pad_left(prompts, pad_id)
     response_ids, response_mask = pad_right(responses, pad_id)
+    sampler_logprobs = None
+    if all(b.sampler_logprobs is not None for b in batches):
+        width = response_ids.shape[1]
+        sampler_logprobs = torch.cat(
+            [torch.nn.functional.pad(b.sampler_logprobs, (0, width - b.sampler_logprobs.shape[1])) for b in batches]
+        )
     return RolloutBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
         response_ids=response_ids,
         response_mask=response_mask,
         truncated=torch.cat([b.truncated for b in batches]),
+        sampler_logprobs=sampler_logprobs,
     )

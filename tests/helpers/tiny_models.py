@@ -71,8 +71,10 @@ def build_tiny_policy(
     vocab_size: int = 400,
     seed: int = 0,
     chat_template: bool = False,
+    tie_word_embeddings: bool = True,
 ) -> Path:
-    """Save a randomly initialised tiny Qwen2 causal LM and its tokenizer to ``out_dir``."""
+    """Save a randomly initialised tiny Qwen2 causal LM and its tokenizer to ``out_dir``.
+    (4 attention heads: vLLM's CPU attention needs a head dim of 32 or more, hidden_size >= 128.)"""
     out_dir = Path(out_dir)
     tok = build_tokenizer(vocab_size, chat_template=chat_template)
     config = Qwen2Config(
@@ -83,7 +85,7 @@ def build_tiny_policy(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
