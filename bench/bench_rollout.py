@@ -65,10 +65,10 @@ def build_model(size: Size, out_dir: Path) -> tuple[Qwen2ForCausalLM, int]:
     config = tiny_model_config(size.vocab, hidden_size=size.hidden, num_hidden_layers=size.layers)
     config.max_position_embeddings = size.prompt_tokens + size.new_tokens + 16
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval()
-    model.save_pretrained(out_dir)
+    Qwen2ForCausalLM(config).save_pretrained(out_dir)
     build_tokenizer().save_pretrained(out_dir)  # vLLM loads one; prompts are given as ids
-    return model, size.vocab + 7
+    # Loaded back, as the trainer loads the policy: vLLM starts from its directory.
+    return Qwen2ForCausalLM.from_pretrained(out_dir).eval(), size.vocab + 7
 
 
 def make_prompts(size: Size, seed: int = 0) -> list[list[int]]:

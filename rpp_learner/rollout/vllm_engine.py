@@ -109,6 +109,8 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def __init__(self, cfg: Config, model: torch.nn.Module, eos_ids: list[int], pad_id: int):
         check_vllm_usable()
+        if not model.name_or_path:
+            raise ValueError("the vLLM engine loads the policy from its directory: pass a model from from_pretrained")
         import vllm
         from vllm.platforms import current_platform
 
