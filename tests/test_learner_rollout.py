@@ -8,7 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rpp_learner.data import PromptOrder, encode_prompt
 from rpp_learner.rollout import SamplingParams, eos_token_ids
+from rpp_learner.rollout.base import RolloutBatch, concat_batches, pad_left, pad_right
 from rpp_learner.rollout.hf import HFRolloutEngine, response_mask_until_eos
+from rpp_learner.step_stats import sampler_mismatch_metrics
 from tests.helpers.tiny_models import build_tiny_policy
 
 
@@ -59,3 +61,20 @@ def test_chat_template_and_prompt_order(policy):
     first_epoch = order.indices(0, 5)
     assert sorted(first_epoch) == list(range(5))
     assert order.indices(3, 4)[:2] == first_epoch[3:] and sorted(order.indices(5, 5)) == list(range(5))
+
+
+def test_sampler_logprobs_survive_the_chunk_join_and_measure_the_gap():
+    """An engine's own log-probs (vLLM's) are re-padded with the responses when chunks are
+    joined, and the gap metric compares them with the learner's over response tokens only."""
+    a = RolloutBatch(*pad_left([[1, 2]], 0), *pad_right([[5, 6, 7]], 0), torch.tensor([True]),
+                     sampler_logprobs=torch.tensor([[-0.5, -1.0, -2.0]]))
+    b = RolloutBatch(*pad_left([[3]], 0), *pad_right([[8]], 0), torch.tensor([False]),
+                     sampler_logprobs=torch.tensor([[-0.25]]))
+    joined = concat_batches([a, b], pad_id=0)
+    assert joined.sampler_logprobs.tolist() == [[-0.5, -1.0, -2.0], [-0.25, 0.0, 0.0]]
+    policy = torch.tensor([[-0.5, -1.5, -2.0], [-0.75, 9.0, 9.0]])  # 9.0: padding, ignored
+    metrics = sampler_mismatch_metrics(joined, policy)
+    assert metrics["rollout/sampler_logprob_gap"] == pytest.approx((0.5 + 0.5) / 4)
+    assert metrics["rollout/sampler_logprob_gap_max"] == pytest.approx(0.5)
+    hf_like = concat_batches([a, RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, b.truncated)], 0)
+    assert hf_like.sampler_logprobs is None and sampler_mismatch_metrics(hf_like, policy) == {}

@@ -97,3 +97,17 @@ def test_two_processes_under_accelerate_launch(tmp_path, services):
     trained = load_file(tmp_path / "run" / f"checkpoints/step_{STEPS:06d}/policy/model.safetensors")
     start = load_file(policy_dir / "model.safetensors")
     assert not torch.equal(trained["model.norm.weight"], start["model.norm.weight"])  # it did train
+
+
+def test_a_step_past_vllms_prefill_budget_draws_by_seed_and_greedy_matches_hf(tmp_path):
+    """80 prompts x 4 samples (more prompt tokens than vLLM prefills in one engine step by
+    default, which on CPU used to crash seeded sampling) and 300 greedy prompts."""
+    policy_dir = build_tiny_policy(tmp_path / "policy", hidden_size=128)
+    _run([sys.executable, "-m", "tests.helpers.vllm_engine_checks", str(policy_dir), str(tmp_path / "out.json")])
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["prompt_tokens"] > 4096
+    assert out["sampled"] == out["sampled_again"]  # one seed, one set of draws
+    assert out["sampled_tail"] == out["sampled"][40 * 4:]  # per-prompt seeds, as the HF engine
+    assert len({tuple(r) for r in out["sampled"][:4]}) > 1  # the 4 samples of a prompt differ
+    assert out["gap_rows_filled"] == out["tokens"]  # a log-prob for every drawn token
+    assert out["greedy_vllm"] == out["greedy_hf"]

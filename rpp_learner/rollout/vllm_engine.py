@@ -124,13 +124,25 @@ class VLLMRolloutEngine(RolloutEngine):
         # (no launcher) leaves unset.
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        processes = int(os.environ["WORLD_SIZE"])
+        max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
         memory = {"gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization}
         if cfg.rollout.vllm_kv_cache_gib > 0:
             memory = {"kv_cache_memory_bytes": int(cfg.rollout.vllm_kv_cache_gib * 2**30)}
         elif current_platform.is_cpu():
             # vLLM's CPU default reserves a fraction of all RAM for the cache, per process.
-            memory = {"kv_cache_memory_bytes": kv_cache_bytes_for_step(cfg, model.config, int(os.environ["WORLD_SIZE"]))}
-        max_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+            memory = {"kv_cache_memory_bytes": kv_cache_bytes_for_step(cfg, model.config, processes)}
+        scheduling = {}
+        if current_platform.is_cpu():
+            # Every row of a step prefilled in one engine step. A prompt prefilled in pieces
+            # (chunked prefill) makes vLLM rewind that request's seeded generator, which
+            # only CUDA generators can do: on CPU it raises "CPU Generator does not use
+            # offset" as soon as a step's prompts outgrow vLLM's 4096-token default.
+            rows = -(-cfg.rollout.prompts_per_step // processes) * cfg.rollout.samples_per_prompt
+            scheduling = {
+                "max_num_seqs": max(256, rows),
+                "max_num_batched_tokens": max(4096, rows * cfg.data.max_prompt_tokens, max_len),
+            }
         positions = getattr(model.config, "max_position_embeddings", None)
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         try:
@@ -146,6 +158,7 @@ class VLLMRolloutEngine(RolloutEngine):
                 # Log-probs after temperature (and top-k/top-p): the distribution that drew.
                 logprobs_mode="processed_logprobs",
                 **memory,
+                **scheduling,
             )
         finally:
             # vLLM's CPU worker drops torch to one thread "for serving" and replaces
@@ -167,7 +180,7 @@ class VLLMRolloutEngine(RolloutEngine):
                 top_p=1.0 if params.greedy else params.top_p,
                 top_k=-1 if params.greedy or params.top_k == 0 else params.top_k,  # vLLM: -1 = off
                 stop_token_ids=self.eos_ids,
-                seed=seed + i,
+                seed=None if params.greedy else seed + i,  # greedy draws need no generator
                 detokenize=False,  # the trainer decodes; vLLM's text would go unused
                 logprobs=None if params.greedy else 0,  # 0: only the drawn token's
             )
