@@ -39,7 +39,6 @@ from rpp_learner.rollout.hf import HFRolloutEngine  # noqa: E402
 from rpp_learner.sharding import full_parameters  # noqa: E402
 from tests.helpers.tiny_models import build_tokenizer  # noqa: E402
 
-
 EOS = 0
 
 
