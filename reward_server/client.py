@@ -5,13 +5,16 @@ What the channel does for you (all of it is standard gRPC, set in the service co
   point ``dns:///`` at a headless Service so every pod is an address);
 - health-checked balancing: a replica whose grpc.health.v1 status is NOT_SERVING (e.g.
   draining) gets no new calls;
-- retries with exponential backoff on UNAVAILABLE and RESOURCE_EXHAUSTED, so a dead or
-  overloaded replica costs a retry, not a sample. The per-RPC retry buffer is raised to
-  the message limit, because gRPC silently skips retries for requests larger than it;
+- retries with exponential backoff on UNAVAILABLE, so a dead replica costs a retry, not a
+  sample. The per-RPC retry buffer is raised to the message limit, because gRPC silently
+  skips retries for requests larger than it;
 - a deadline on every call, keepalive pings, message limits matching the server.
 
 What this module adds: big batches are split into requests of the server's advertised
-size (GetInfo) and several are kept in flight; small calls that find every in-flight slot
+size (GetInfo) and several are kept in flight; a busy server's RESOURCE_EXHAUSTED is
+retried after its pushback, a too-big one is not (the contract tells them apart by
+gRPC's ``grpc-retry-pushback-ms`` trailer); a server whose health service knows only the
+empty service name is checked under that name; small calls that find every in-flight slot
 busy are merged into one request (see ``RewardClient``); errors say which service, which
 addresses and what happened.
 
@@ -25,11 +28,14 @@ import asyncio
 import functools
 import ipaddress
 import json
+import logging
+import random
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_server import convert
 from reward_server.loop_thread import LoopThread
@@ -48,7 +54,10 @@ _HINTS = {
     "DEADLINE_EXCEEDED": "no answer within the deadline; raise timeout_s, add replicas or shrink batches",
     "UNAUTHENTICATED": "the server wants a bearer token: pass token= (the server's --token)",
     "RESOURCE_EXHAUSTED": "the servers stayed overloaded through every retry; add replicas or slow down",
+    "REQUEST_TOO_LARGE": "not retried: the server receives less than its GetInfo.max_request_bytes says "
+    "(0 there means gRPC's default, 4 MiB); advertise the real limit or raise the server's receive limit",
 }
+_log = logging.getLogger(__name__)
 
 
 class RewardServiceError(RuntimeError):
@@ -107,9 +116,11 @@ def _resolve(address: str) -> tuple[str, int]:
     return str(info[0][4][0]), int(port)
 
 
-def service_config(retry_attempts: int) -> str:
-    """The gRPC service config: round_robin, health checking, retries with backoff
-    (``retry_attempts`` tries in all; 1: no retries, as gRPC refuses a policy of 1)."""
+def service_config(retry_attempts: int, health_service: str = SERVICE_NAME) -> str:
+    """The gRPC service config: round_robin, health checking under ``health_service``,
+    retries of UNAVAILABLE with backoff (``retry_attempts`` tries in all; 1: no retries, as
+    gRPC refuses a policy of 1). RESOURCE_EXHAUSTED is retried by ``RewardClient`` itself:
+    only a busy server's (with a pushback trailer) may be retried."""
     if retry_attempts < 1:
         raise ValueError(f"retry_attempts must be >= 1 (tries in all), got {retry_attempts}")
     method: dict = {"name": [{"service": SERVICE_NAME}]}
@@ -119,13 +130,41 @@ def service_config(retry_attempts: int) -> str:
             "initialBackoff": "0.05s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            "retryableStatusCodes": ["UNAVAILABLE"],
         }
     return json.dumps({
         "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": SERVICE_NAME},
+        "healthCheckConfig": {"serviceName": health_service},
         "methodConfig": [method],
     })
+
+
+def busy_retry_delay(exc: grpc.aio.AioRpcError, attempt: int) -> float | None:
+    """Seconds to wait before retrying a failed Score, or None: do not retry.
+
+    Only RESOURCE_EXHAUSTED is decided here (gRPC's policy retries UNAVAILABLE). With a
+    ``grpc-retry-pushback-ms`` trailer it is a busy server (contract 1.1): retry after the
+    pushback, a negative one meaning never. Without it, it is the transport refusing a
+    message over its receive limit, unless a contract 1.0 server said it was busy without
+    the trailer: those are told apart by the transport's words, and retried with backoff."""
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    pushback = dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+    if pushback is not None:
+        try:
+            ms = int(pushback)
+        except ValueError:
+            return None  # malformed: gRPC's own rule is not to retry
+        return None if ms < 0 else min(ms, 5000) / 1000 * (1 + random.random() * 0.2)
+    if is_size_refusal(exc.details() or ""):
+        return None
+    return min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.0)
+
+
+def is_size_refusal(details: str) -> bool:
+    """What grpc C-core, Java, Go and Node say when a message exceeds their receive limit."""
+    text = details.lower()
+    return "larger than max" in text or "message too large" in text or "exceeds maximum" in text
 
 
 def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: int) -> Iterator[list[pb.Sample]]:
@@ -210,23 +249,11 @@ class RewardClient:
         self.target = channel_target(targets)
         self.timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
+        self._retry_attempts = retry_attempts
+        self._tls = tls
         self._metadata = bearer_metadata(token) if token else ()
-        options = [
-            ("grpc.service_config", service_config(retry_attempts)),
-            ("grpc.enable_retries", 1),
-            ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=options)
-        else:
-            if tls.server_name:
-                options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self._channel = grpc.aio.secure_channel(self.target, channel_credentials(tls), options=options)
+        self._health_service = SERVICE_NAME
+        self._channel = self._open_channel(self._health_service)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
         self._score_rpc = self._stub.Score
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -235,6 +262,72 @@ class RewardClient:
         self._merging: _MergedCalls | None = None  # the merged request still taking calls
         self._tasks: set[asyncio.Task] = set()  # merged and re-sent requests: strong references until done
         self._closed = False
+
+    def _open_channel(self, health_service: str | None) -> grpc.aio.Channel:
+        """The channel to every replica; ``health_service`` None: no health checking (a probe)."""
+        options = [
+            ("grpc.enable_retries", 1),
+            ("grpc.per_rpc_retry_buffer_size", self._max_message_bytes),
+            ("grpc.max_send_message_length", self._max_message_bytes),
+            ("grpc.max_receive_message_length", self._max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if health_service is not None:
+            options.append(("grpc.service_config", service_config(self._retry_attempts, health_service)))
+        if self._tls is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        if self._tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self._tls.server_name))
+        return grpc.aio.secure_channel(self.target, channel_credentials(self._tls), options=options)
+
+    async def _health_statuses(self) -> dict[str, str]:
+        """What the server's health service says for the full service name and for "", over a
+        channel without health checking: status names, or NOT_FOUND / the failure code."""
+        probe = self._open_channel(None)
+        stub = health_pb2_grpc.HealthStub(probe)
+        statuses = {}
+        try:
+            for service in (SERVICE_NAME, ""):
+                try:
+                    reply = await stub.Check(
+                        health_pb2.HealthCheckRequest(service=service), timeout=min(self.timeout_s, 5.0),
+                        metadata=self._metadata,
+                    )
+                    statuses[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.aio.AioRpcError as exc:
+                    statuses[service] = exc.code().name
+        finally:
+            await probe.close()
+        return statuses
+
+    async def _unhealthy_error(self, exc: grpc.aio.AioRpcError) -> RewardServiceError | None:
+        """After gRPC found no healthy replica: switch health checking to "" where the server
+        registers only that (and return None: try again), or an error saying what its
+        health service reports."""
+        statuses = await self._health_statuses()
+        full, empty = statuses[SERVICE_NAME], statuses[""]
+        if self._health_service == SERVICE_NAME and full == "NOT_FOUND" and empty == "SERVING":
+            _log.warning(
+                "reward service %r at %s: its health service has no entry for %s, only for \"\"; "
+                "checking \"\" instead (register both names, see reward.proto)", self.name, self.target, SERVICE_NAME,
+            )
+            old, self._health_service = self._channel, ""
+            self._channel = self._open_channel("")
+            self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+            self._score_rpc = self._stub.Score
+            await old.close()
+            return None
+        if full == "NOT_FOUND" and empty == "NOT_FOUND":
+            seen = f"has no entry for {SERVICE_NAME} nor for \"\""
+        else:
+            seen = f"reports {full} for {SERVICE_NAME} and {empty} for \"\""
+        return RewardServiceUnavailable(
+            self.name, self.target, "UNHEALTHY",
+            f"{exc.details()}: the server's grpc.health.v1 service {seen}; it must report SERVING for "
+            f"{SERVICE_NAME} (or \"\") while it takes calls",
+        )
 
     async def get_info(self) -> ServiceInfo:
         """The service's kind and limits (asked once, then cached; concurrent callers share the call)."""
@@ -250,13 +343,21 @@ class RewardClient:
             raise _copy_error(exc) from None
 
     async def _fetch_info(self) -> ServiceInfo:
-        try:
-            msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "GetInfo") from None
-        except (asyncio.CancelledError, grpc.aio.UsageError):
-            self._raise_if_closed("GetInfo")
-            raise
+        for first_try in (True, False):
+            try:
+                msg = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout_s, metadata=self._metadata)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE and "unhealthy" in (exc.details() or ""):
+                    error = await self._unhealthy_error(exc)
+                    if error is None and first_try:
+                        continue  # now checking health under ""
+                    if error is not None:
+                        raise error from None
+                raise self._error(exc, "GetInfo") from None
+            except (asyncio.CancelledError, grpc.aio.UsageError):
+                self._raise_if_closed("GetInfo")
+                raise
         try:
             self._info = convert.info_from_proto(msg)
         except ValueError as exc:
@@ -369,13 +470,19 @@ class RewardClient:
     async def _call(self, request: pb.ScoreRequest) -> list[Result]:
         """One Score RPC; the caller holds a slot."""
         self._check_open()  # it may have waited for the slot while the client closed
-        try:
-            response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "Score") from None
-        except (asyncio.CancelledError, grpc.aio.UsageError):
-            self._raise_if_closed("Score")
-            raise
+        for attempt in range(self._retry_attempts):
+            try:
+                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
+                break
+            except grpc.aio.AioRpcError as exc:
+                delay = busy_retry_delay(exc, attempt)
+                if delay is None or attempt + 1 == self._retry_attempts:
+                    raise self._error(exc, "Score") from None
+            except (asyncio.CancelledError, grpc.aio.UsageError):
+                self._raise_if_closed("Score")
+                raise
+            await asyncio.sleep(delay)
+            self._check_open()
         got = [r.id for r in response.results]
         want = [s.id for s in request.samples]
         if got != want:
@@ -392,6 +499,8 @@ class RewardClient:
         if exc.code() is grpc.StatusCode.UNAVAILABLE:
             # The core's debug string names the address that failed; worth its length here.
             return RewardServiceUnavailable(self.name, self.target, code, f"{details} [{exc.debug_error_string()}]")
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and busy_retry_delay(exc, 0) is None:
+            return RewardServiceError(self.name, self.target, "REQUEST_TOO_LARGE", details)
         return RewardServiceError(self.name, self.target, code, details)
 
     def _closed_error(self, what: str) -> RewardServiceError:

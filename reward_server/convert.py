@@ -82,8 +82,10 @@ def _parse_spans(spans, response: bytes, where: str) -> list[Span]:
     return parsed
 
 
-def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Sample]:
-    """Validate ``request`` and convert its samples; raises InvalidRequest on the first problem."""
+def parse_score_request(request: pb.ScoreRequest, max_samples: int, *, with_steps: bool = True) -> list[Sample]:
+    """Validate ``request`` and convert its samples; raises InvalidRequest on the first problem.
+    ``with_steps=False`` (OUTCOME services): ``steps`` is neither validated nor kept, as the
+    contract says."""
     msgs = request.samples
     n = len(msgs)
     if n == 0:
@@ -95,13 +97,13 @@ def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Samp
         )
     ids = [msg.id for msg in msgs]
     if len(set(ids)) != n or "" in ids:
-        return _parse_in_order(msgs)  # names the first problem, in sample order
+        return _parse_in_order(msgs, with_steps)  # names the first problem, in sample order
     # The hot path (every sample of every request): read each field once, skip the empty ones.
     samples: list[Sample] = []
     append = samples.append
     for i, msg in enumerate(msgs):
         steps: list[Span] = []
-        if msg.steps:  # only then is the UTF-8 form needed
+        if msg.steps and with_steps:  # only then is the UTF-8 form needed
             steps = _parse_spans(msg.steps, msg.response.encode("utf-8"), _where(i, ids[i]))
         append(Sample(
             ids[i],
@@ -114,7 +116,7 @@ def parse_score_request(request: pb.ScoreRequest, max_samples: int) -> list[Samp
     return samples
 
 
-def _parse_in_order(msgs) -> list[Sample]:
+def _parse_in_order(msgs, with_steps: bool) -> list[Sample]:
     first_index: dict[str, int] = {}
     samples: list[Sample] = []
     for i, msg in enumerate(msgs):
@@ -127,7 +129,7 @@ def _parse_in_order(msgs) -> list[Sample]:
             )
         first_index[msg.id] = i
         steps: list[Span] = []
-        if msg.steps:
+        if msg.steps and with_steps:
             steps = _parse_spans(msg.steps, msg.response.encode("utf-8"), _where(i, msg.id))
         samples.append(
             Sample(
@@ -254,6 +256,11 @@ def kind_to_proto(kind: RewardKind) -> int:
     return _KIND_TO_PROTO[kind]
 
 
+CONTRACT_VERSION = "1.1"
+GRPC_DEFAULT_RECEIVE_BYTES = 4 << 20  # what GetInfo.max_request_bytes = 0 means
+NO_SAMPLE_LIMIT = 2**32 - 1  # what GetInfo.max_samples_per_request = 0 means (uint32 max)
+
+
 def info_to_proto(info: ServiceInfo) -> pb.GetInfoResponse:
     return pb.GetInfoResponse(
         kind=kind_to_proto(info.kind),
@@ -263,6 +270,8 @@ def info_to_proto(info: ServiceInfo) -> pb.GetInfoResponse:
         max_request_bytes=info.max_request_bytes,
         version=info.version,
         input_format=info.input_format,
+        max_sample_bytes=info.max_sample_bytes,
+        contract_version=info.contract_version,
     )
 
 
@@ -273,14 +282,20 @@ def info_from_proto(msg: pb.GetInfoResponse) -> ServiceInfo:
             f"({pb.RewardKind.Name(msg.kind) if msg.kind in pb.RewardKind.values() else 'unknown'}); "
             "expected REWARD_KIND_OUTCOME or REWARD_KIND_PROCESS: is this an rpp.reward.v1 server?"
         )
-    if msg.max_samples_per_request == 0:
-        raise ValueError("GetInfo.max_samples_per_request: the server advertises 0; it must be >= 1")
+    if _PROTO_TO_KIND[msg.kind] is RewardKind.PROCESS and not msg.step_separator:
+        raise ValueError(
+            "GetInfo.step_separator: a PROCESS service must name the literal it splits responses on"
+        )
+    # The contract's meanings of 0 (proto3's default), resolved here once: no count limit,
+    # and gRPC's default 4 MiB receive limit.
     return ServiceInfo(
         kind=_PROTO_TO_KIND[msg.kind],
         model_name=msg.model_name,
         step_separator=msg.step_separator,
-        max_samples_per_request=msg.max_samples_per_request,
-        max_request_bytes=msg.max_request_bytes,
+        max_samples_per_request=msg.max_samples_per_request or NO_SAMPLE_LIMIT,
+        max_request_bytes=msg.max_request_bytes or GRPC_DEFAULT_RECEIVE_BYTES,
         version=msg.version,
         input_format=msg.input_format,
+        max_sample_bytes=msg.max_sample_bytes,
+        contract_version=msg.contract_version,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from reward_server import convert
 from reward_server.batching import (
@@ -118,10 +118,35 @@ class BindError(OSError):
     """The server could not listen on its address."""
 
 
+# Busy refusals carry gRPC's server-pushback trailer: "retry after this many ms". Without
+# it a RESOURCE_EXHAUSTED means "too big, do not retry" (the contract, reward.proto).
+BUSY_PUSHBACK = (("grpc-retry-pushback-ms", "50"),)
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.Server | grpc.aio.Server) -> None:
+    """Server reflection under both names clients ask for: grpc.reflection.v1 (grpcurl,
+    newer clients) and v1alpha. grpcio-reflection implements v1alpha only; the v1 messages
+    are the same on the wire, so v1 is routed to the same servicer."""
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    aio = isinstance(server, grpc.aio.Server)
+    servicer = (reflection.aio.ReflectionServicer if aio else reflection.ReflectionServicer)(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        ),
+    }),))
+
+
 class _RpcFailure(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple = ()) -> None:
         super().__init__(details)
-        self.code, self.details = code, details
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
@@ -144,6 +169,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             max_request_bytes=self._config.max_message_bytes,
             version=VERSION,
             input_format=self._scorer.input_format,
+            max_sample_bytes=self._config.max_sample_bytes,
+            contract_version=convert.CONTRACT_VERSION,
         )
 
     async def wait_idle(self) -> None:
@@ -160,7 +187,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         refusal = self._admission_refusal(size)
         if refusal:
             self._metrics.requests.labels("Score", "RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, trailing_metadata=BUSY_PUSHBACK)
         self._bytes_in_flight += size
         self._calls_in_flight += 1
         try:
@@ -217,7 +244,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             code = failure.code.name
             if failure.code is grpc.StatusCode.INVALID_ARGUMENT:
                 self._refusals.warning("refused a Score request from %s: %s", context.peer(), failure.details)
-            await context.abort(failure.code, failure.details)
+            await context.abort(failure.code, failure.details, trailing_metadata=failure.trailing_metadata)
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away or its deadline passed
             raise
@@ -234,7 +261,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if self.draining:
             raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "this reward server is draining (shutting down); retry on another replica")
         try:
-            samples = convert.parse_score_request(request, self._config.max_samples_per_request)
+            samples = convert.parse_score_request(
+                request, self._config.max_samples_per_request, with_steps=self._scorer.kind is RewardKind.PROCESS
+            )
         except convert.InvalidRequest as exc:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         self._metrics.samples.inc(len(samples))
@@ -243,7 +272,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         try:
             scored = await self._batcher.submit(accepted) if accepted else []
         except QueueFull as exc:
-            raise _RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server overloaded: {exc}") from None
+            raise _RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"reward server overloaded: {exc}", BUSY_PUSHBACK
+            ) from None
         except (BatcherClosed, ScorerStuck) as exc:
             raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         if rejected:
@@ -323,9 +354,7 @@ class RewardServer:
         add_reward_servicer(self.servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        enable_reflection(self._server)
         bind = _host_port(cfg.host, cfg.port)
         try:
             if cfg.tls_cert_file:

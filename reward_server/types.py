@@ -69,3 +69,5 @@ class ServiceInfo:
     max_request_bytes: int
     version: str
     input_format: str = ""  # e.g. "qwen2.5-math-prm"; "" when the service does not say
+    max_sample_bytes: int = 0  # 0: no per-sample limit beyond max_request_bytes
+    contract_version: str = ""  # "" from servers written against contract 1.0

@@ -15,7 +15,7 @@ from reward_server.client import (
     channel_target,
 )
 from reward_server.server import ServerConfig, ServerHandle, start_in_thread
-from reward_server.types import Sample, Span
+from reward_server.types import Sample
 from tests.serving_helpers import SlowAsyncScorer, expected_outcome, make_samples
 
 
@@ -114,7 +114,7 @@ def test_merging_keeps_ids_unique_per_request_and_can_be_turned_off() -> None:
 def test_a_bad_call_in_a_merged_request_fails_alone() -> None:
     scorer = SlowAsyncScorer(delay_s=0.02)
     good = [[Sample(f"g{i}", "", "ok" * (i + 1))] for i in range(5)]
-    bad = [Sample("bad", "", "abc", steps=[Span(0, 99)])]  # the span runs past the response
+    bad = [Sample("bad", "", "abc"), Sample("bad", "", "abd")]  # one id twice: the server refuses it
     with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:
 
         async def run() -> list:
@@ -126,7 +126,7 @@ def test_a_bad_call_in_a_merged_request_fails_alone() -> None:
         outcomes = asyncio.run(run())
     error = outcomes.pop(2)
     assert isinstance(error, RewardServiceError) and error.code == "INVALID_ARGUMENT"
-    assert "samples[0] (id='bad').steps[0]" in str(error) and "out of range" in str(error)
+    assert "samples[1].id: 'bad' duplicates samples[0].id" in str(error)
     assert [r[0].outcome for r in outcomes] == [2.0 * (i + 1) for i in range(5)]
 
 
@@ -141,7 +141,7 @@ def test_closing_the_client_ends_every_call_with_client_closed(moment: str) -> N
             first = asyncio.ensure_future(client.score([Sample("first", "", "r")]))
             await asyncio.sleep(0)  # the first call takes the only slot
             if moment == "resent-alone":  # a bad call makes the merged request come back refused
-                others = [[Sample("bad", "", "abc", steps=[Span(0, 99)])], [Sample("good", "", "ok")]]
+                others = [[Sample("bad", "", "abc"), Sample("bad", "", "abd")], [Sample("good", "", "ok")]]
             else:
                 others = [[Sample(f"c{i}", "", "r")] for i in range(3)]
             calls = [asyncio.ensure_future(client.score(c)) for c in others]

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from reward_server.proto import reward_pb2 as reward__server_dot_proto_dot_reward__pb2
+from reward_server.proto import reward_pb2 as rpp_dot_reward_dot_v1_dot_reward__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in reward_server/proto/reward_pb2_grpc.py depends on'
+        + ' but the generated code in rpp/reward/v1/reward_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class RewardServiceStub:
         """
         self.Score = channel.unary_unary(
                 '/rpp.reward.v1.RewardService/Score',
-                request_serializer=reward__server_dot_proto_dot_reward__pb2.ScoreRequest.SerializeToString,
-                response_deserializer=reward__server_dot_proto_dot_reward__pb2.ScoreResponse.FromString,
+                request_serializer=rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
                 _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/rpp.reward.v1.RewardService/GetInfo',
-                request_serializer=reward__server_dot_proto_dot_reward__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=reward__server_dot_proto_dot_reward__pb2.GetInfoResponse.FromString,
+                request_serializer=rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -73,13 +73,13 @@ def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Score': grpc.unary_unary_rpc_method_handler(
                     servicer.Score,
-                    request_deserializer=reward__server_dot_proto_dot_reward__pb2.ScoreRequest.FromString,
-                    response_serializer=reward__server_dot_proto_dot_reward__pb2.ScoreResponse.SerializeToString,
+                    request_deserializer=rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
+                    response_serializer=rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=reward__server_dot_proto_dot_reward__pb2.GetInfoRequest.FromString,
-                    response_serializer=reward__server_dot_proto_dot_reward__pb2.GetInfoResponse.SerializeToString,
+                    request_deserializer=rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoRequest.FromString,
+                    response_serializer=rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -108,8 +108,8 @@ class RewardService:
             request,
             target,
             '/rpp.reward.v1.RewardService/Score',
-            reward__server_dot_proto_dot_reward__pb2.ScoreRequest.SerializeToString,
-            reward__server_dot_proto_dot_reward__pb2.ScoreResponse.FromString,
+            rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
+            rpp_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -135,8 +135,8 @@ class RewardService:
             request,
             target,
             '/rpp.reward.v1.RewardService/GetInfo',
-            reward__server_dot_proto_dot_reward__pb2.GetInfoRequest.SerializeToString,
-            reward__server_dot_proto_dot_reward__pb2.GetInfoResponse.FromString,
+            rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoRequest.SerializeToString,
+            rpp_dot_reward_dot_v1_dot_reward__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
