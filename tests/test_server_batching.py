@@ -137,4 +137,6 @@ def test_queue_over_its_bound_answers_resource_exhausted() -> None:
     served = [o for o in outcomes if not isinstance(o, grpc.aio.AioRpcError)]
     assert refused and served
     assert all(e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queue=8" in e.details() for e in refused)
+    # Busy, not too big (contract 1.1): gRPC's server-pushback trailer says when to retry.
+    assert all(dict(e.trailing_metadata()).get("grpc-retry-pushback-ms") == "50" for e in refused)
     assert all(math.isclose(r.results[0].outcome, 1.0) for r in served)

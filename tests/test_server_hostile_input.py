@@ -171,6 +171,8 @@ def test_admission_is_bounded_in_bytes_and_in_calls(functions):
             call(small, timeout=10)
         assert by_calls.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_concurrent_calls=2" in by_calls.value.details()
+        for refused in (by_bytes.value, by_calls.value):  # busy, with gRPC's pushback trailer
+            assert dict(refused.trailing_metadata()).get("grpc-retry-pushback-ms") == "50"
         assert first.result().results[0].outcome == 1.0 and second.result().results[0].outcome == 1.0
         assert call(small, timeout=30).results[0].outcome == 1.0  # room again
 
