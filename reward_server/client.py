@@ -10,13 +10,13 @@ What the channel does for you (all of it is standard gRPC, set in the service co
   skips retries for requests larger than it;
 - a deadline on every call, keepalive pings, message limits matching the server.
 
-What this module adds: big batches are split into requests of the server's advertised
-size (GetInfo) and several are kept in flight; a busy server's RESOURCE_EXHAUSTED is
-retried after its pushback, a too-big one is not (the contract tells them apart by
-gRPC's ``grpc-retry-pushback-ms`` trailer); a server whose health service knows only the
-empty service name is checked under that name; small calls that find every in-flight slot
-busy are merged into one request (see ``RewardClient``); errors say which service, which
-addresses and what happened.
+What this module adds:
+- big batches are split into requests of the server's advertised size (GetInfo), several
+  in flight; small calls that find every slot busy are merged (``reward_server.merging``);
+- a busy server's RESOURCE_EXHAUSTED is retried after its pushback, a too-big one is not
+  (the contract tells them apart by gRPC's ``grpc-retry-pushback-ms`` trailer);
+- a server whose health service knows only the empty name is checked under that name;
+- errors say which service, which addresses and what happened.
 
 Create a ``RewardClient`` inside the event loop that will use it (grpc.aio channels
 belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scripts.
@@ -25,20 +25,19 @@ belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scr
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import json
 import logging
 import random
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_server import convert
 from reward_server.loop_thread import LoopThread
+from reward_server.merging import CallMerger
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
 from reward_server.quoting import short_repr
@@ -188,15 +187,6 @@ def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: in
         yield chunk
 
 
-@dataclass
-class _MergedCalls:
-    """Small ``score`` calls waiting for a free slot, to go out as one request."""
-
-    samples: list[Sample] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
-    calls: list[tuple[asyncio.Future[list[Result]], int, int]] = field(default_factory=list)  # (future, start, end)
-
-
 def _copy_error(exc: BaseException) -> BaseException:
     """One exception object per waiting caller, so that their tracebacks do not pile up on one."""
     if isinstance(exc, RewardServiceError):
@@ -214,14 +204,12 @@ class RewardClient:
     """Async client of one reward service (all its replicas).
 
     ``max_in_flight`` requests run at once. A call of fewer than ``merge_samples`` samples
-    that finds every slot busy does not queue as a request of its own: it joins the next
-    request, which takes the small calls waiting with it (up to ``merge_samples`` samples,
-    never two samples with the same id) and goes out when a slot frees. Each caller gets its
-    own results; when the server refuses a merged request as INVALID_ARGUMENT, each call is
-    sent again alone, so the error reaches only the call that caused it. Many concurrent
-    single-sample callers (an agent loop scoring each trajectory as it ends) then cost a few
-    RPCs instead of one each, and a call that finds a slot free is never delayed.
-    ``merge_samples`` 0 or 1 sends every call as its own request(s).
+    that finds every slot busy joins the next merged request instead of queueing as its own
+    (``reward_server.merging``: each caller gets its own results, and a call whose samples
+    the server refuses fails alone). Many concurrent single-sample callers (an agent loop
+    scoring each trajectory as it ends) then cost a few RPCs instead of one each, and a call
+    that finds a slot free is never delayed. ``merge_samples`` 0 or 1 sends every call as
+    its own request(s).
 
     ``close()`` ends every call still running or waiting with a CLIENT_CLOSED error.
     """
@@ -259,8 +247,14 @@ class RewardClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._info: ServiceInfo | None = None
         self._info_call: asyncio.Future[ServiceInfo] | None = None
-        self._merging: _MergedCalls | None = None  # the merged request still taking calls
-        self._tasks: set[asyncio.Task] = set()  # merged and re-sent requests: strong references until done
+        self._merger = CallMerger(
+            slots=self._slots,
+            send_in_slot=lambda samples: self._score_split(samples, self._info, hold_slot=False),
+            send_alone=lambda samples: self._score_split(samples, self._info),
+            callers_fault=_callers_fault,
+            closed_error=lambda: self._closed_error("call"),
+            copy_error=_copy_error,
+        )
         self._closed = False
 
     def _open_channel(self, health_service: str | None) -> grpc.aio.Channel:
@@ -372,8 +366,8 @@ class RewardClient:
             return []
         info = self._info or await self.get_info()
         merge_limit = min(self.merge_samples, info.max_samples_per_request)
-        if len(samples) < merge_limit and self._slots.locked():
-            return await self._join_merged(samples, merge_limit)
+        if self._merger.should_merge(samples, merge_limit):
+            return await self._merger.join(samples, merge_limit)
         return await self._score_split(samples, info)
 
     async def _score_split(self, samples: Sequence[Sample], info: ServiceInfo, *, hold_slot: bool = True) -> list[Result]:
@@ -400,68 +394,6 @@ class RewardClient:
                 task.cancel()
             raise
         return [result for part in parts for result in part]
-
-    async def _join_merged(self, samples: Sequence[Sample], limit: int) -> list[Result]:
-        merged = self._merging
-        ids = [s.id for s in samples]
-        if merged is None or len(merged.samples) + len(samples) > limit or not merged.ids.isdisjoint(ids):
-            merged = self._merging = _MergedCalls()
-            send = asyncio.ensure_future(self._send_merged(merged))
-            self._tasks.add(send)
-            # A done-callback, not code in _send_merged: it runs even when close() cancels the
-            # task before its first step, so no caller is left waiting.
-            send.add_done_callback(functools.partial(self._answer_merged, merged))
-        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        start = len(merged.samples)
-        merged.samples.extend(samples)
-        merged.ids.update(ids)
-        merged.calls.append((future, start, len(merged.samples)))
-        return await future  # a cancelled caller cancels only its own future
-
-    async def _send_merged(self, merged: _MergedCalls) -> list[Result]:
-        async with self._slots:
-            if self._merging is merged:
-                self._merging = None  # sent from here on: later calls start the next one
-            assert self._info is not None  # score() fetched it before any call could be merged
-            return await self._score_split(merged.samples, self._info, hold_slot=False)
-
-    def _answer_merged(self, merged: _MergedCalls, send: asyncio.Task) -> None:
-        """Hand each caller of a merged request its own slice of the results, or the error."""
-        self._tasks.discard(send)
-        if self._merging is merged:
-            self._merging = None
-        error = self._closed_error("call") if send.cancelled() else send.exception()
-        calls = [(future, start, end) for future, start, end in merged.calls if not future.done()]
-        if error is None:
-            results = send.result()
-            for future, start, end in calls:
-                future.set_result(results[start:end])
-        elif len(merged.calls) > 1 and _callers_fault(error):
-            # One call's bad sample must not fail the others: each call goes again, alone (the
-            # scores are recomputed for the rare merged request that was split and half sent).
-            for future, start, end in calls:
-                self._send_alone(merged.samples[start:end], future)
-        else:
-            for future, _, _ in calls:
-                future.set_exception(_copy_error(error))
-
-    def _send_alone(self, samples: list[Sample], future: asyncio.Future[list[Result]]) -> None:
-        assert self._info is not None
-        send = asyncio.ensure_future(self._score_split(samples, self._info))
-        self._tasks.add(send)
-        future.add_done_callback(lambda f: send.cancel() if f.cancelled() else None)  # its caller left
-
-        def answer(send: asyncio.Task) -> None:
-            self._tasks.discard(send)
-            error = self._closed_error("call") if send.cancelled() else send.exception()
-            if future.done():
-                return
-            if error is None:
-                future.set_result(send.result())
-            else:
-                future.set_exception(error)
-
-        send.add_done_callback(answer)
 
     async def _score_request(self, request: pb.ScoreRequest) -> list[Result]:
         async with self._slots:
@@ -520,8 +452,7 @@ class RewardClient:
     async def close(self) -> None:
         """Close the channel; every call still running or waiting fails with CLIENT_CLOSED."""
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        self._merger.cancel_all()
         await self._channel.close()
 
     async def __aenter__(self) -> RewardClient:

@@ -418,6 +418,8 @@ def run_checks(ctx: Context, only_kind: str | None = None) -> list[Outcome]:
 
 def format_table(outcomes: list[Outcome]) -> str:
     texts = {rule_id: text for rule_id, _, text, _ in RULES}
+    texts["info.reachable"] = "GetInfo answers"
+    texts["info.expected_kind"] = "GetInfo reports the kind given with --kind"
     lines = []
     for o in outcomes:
         mark = "SKIP" if o.passed is None else "PASS" if o.passed else "FAIL" if o.level == MUST else "WARN"

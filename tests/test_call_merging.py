@@ -1,0 +1,186 @@
+"""The call merger on its own, with a fake ``send``: which calls are merged, which ids may
+share a request, a bad call failing alone, callers that leave, and closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reward_server.merging import CallMerger
+from reward_server.types import Result, Sample
+
+
+class BadSample(ValueError):
+    """What the fake server raises for a request holding a sample with id "bad"."""
+
+
+class FakeService:
+    """``send`` records each request's ids and answers after ``gate`` opens; a request with
+    a sample "bad" fails as the caller's fault, "boom" as the server's."""
+
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.requests: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, samples: list[Sample]) -> list[Result]:
+        self.requests.append([s.id for s in samples])
+        await self.gate.wait()
+        if any(s.id == "boom" for s in samples):
+            raise RuntimeError("the server broke")
+        if any(s.id == "bad" for s in samples):
+            raise BadSample(f"bad sample in {[s.id for s in samples]}")
+        return [Result(s.id, outcome=float(len(s.response))) for s in samples]
+
+    async def send_alone(self, samples: list[Sample]) -> list[Result]:
+        async with self.slots:
+            return await self.send(samples)
+
+    def merger(self) -> CallMerger:
+        return CallMerger(
+            slots=self.slots, send_in_slot=self.send, send_alone=self.send_alone,
+            callers_fault=lambda e: isinstance(e, BadSample), closed_error=lambda: RuntimeError("CLIENT_CLOSED"),
+        )
+
+    async def call(self, merger: CallMerger, samples: list[Sample], limit: int = 64) -> list[Result]:
+        """What RewardClient.score does: merge when every slot is busy, else send alone."""
+        if merger.should_merge(samples, limit):
+            return await merger.join(samples, limit)
+        return await self.send_alone(samples)
+
+
+def samples(*ids: str) -> list[Sample]:
+    return [Sample(i, "", "x" * (k + 1)) for k, i in enumerate(ids)]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_calls_that_find_every_slot_busy_go_out_together_each_with_its_results() -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("a")))
+        await asyncio.sleep(0)  # "a" holds the only slot
+        waiting = [asyncio.ensure_future(service.call(merger, samples(f"w{k}", f"v{k}"))) for k in range(3)]
+        await asyncio.sleep(0)
+        service.gate.set()
+        return service.requests, await first, await asyncio.gather(*waiting)
+
+    requests, first, waiting = run(main())
+    assert requests == [["a"], ["w0", "v0", "w1", "v1", "w2", "v2"]]  # 4 calls, 2 requests
+    assert [r.id for r in first] == ["a"]
+    assert [[r.id for r in res] for res in waiting] == [["w0", "v0"], ["w1", "v1"], ["w2", "v2"]]
+    assert [r.outcome for r in waiting[1]] == [1.0, 2.0]
+
+
+def test_a_free_slot_is_never_waited_for_and_big_calls_are_not_merged() -> None:
+    async def main():
+        service = FakeService(slots=2)
+        merger = service.merger()
+        assert not merger.should_merge(samples("a"), 64)  # a slot is free
+        async with service.slots:
+            async with service.slots:
+                assert merger.should_merge(samples("a"), 64)
+                assert not merger.should_merge(samples(*[f"s{k}" for k in range(64)]), 64)  # not fewer than the limit
+
+    run(main())
+
+
+def test_ids_are_unique_per_merged_request_and_the_limit_holds() -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("x")))
+        await asyncio.sleep(0)
+        calls = [samples("a", "b"), samples("a"), samples("c", "d"), samples("e", "f")]
+        waiting = [asyncio.ensure_future(service.call(merger, c, limit=4)) for c in calls]
+        await asyncio.sleep(0)
+        service.gate.set()
+        await asyncio.gather(first, *waiting)
+        return service.requests
+
+    requests = run(main())
+    # "a" twice starts a second request; a 5th sample would pass the limit of 4: a third.
+    assert requests == [["x"], ["a", "b"], ["a", "c", "d"], ["e", "f"]]
+    assert all(len(set(r)) == len(r) for r in requests)
+
+
+def test_a_callers_fault_is_resent_alone_and_reaches_only_that_caller() -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("x")))
+        await asyncio.sleep(0)
+        good, bad = samples("g1", "g2"), samples("bad")
+        waiting = [asyncio.ensure_future(service.call(merger, c)) for c in (good, bad, samples("g3"))]
+        await asyncio.sleep(0)
+        service.gate.set()
+        outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
+        return service.requests, outcomes
+
+    requests, outcomes = run(main())
+    assert requests[1] == ["g1", "g2", "bad", "g3"]  # merged, refused ...
+    assert sorted(map(tuple, requests[2:])) == [("bad",), ("g1", "g2"), ("g3",)]  # ... then each alone
+    assert isinstance(outcomes[2], BadSample) and "['bad']" in str(outcomes[2])
+    assert [r.id for r in outcomes[1]] == ["g1", "g2"] and [r.id for r in outcomes[3]] == ["g3"]
+
+
+def test_a_server_fault_fails_every_merged_caller_once_each() -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("x")))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(service.call(merger, c)) for c in (samples("boom"), samples("y"))]
+        await asyncio.sleep(0)
+        service.gate.set()
+        return service.requests, await asyncio.gather(first, *waiting, return_exceptions=True)
+
+    requests, outcomes = run(main())
+    assert requests == [["x"], ["boom", "y"]]  # not resent: no caller caused it
+    assert all(isinstance(o, RuntimeError) and "the server broke" in str(o) for o in outcomes[1:])
+
+
+def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("x")))
+        await asyncio.sleep(0)
+        leaving, staying = (asyncio.ensure_future(service.call(merger, samples(i))) for i in ("l", "s"))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        service.gate.set()
+        return await first, await staying, leaving
+
+    _, staying, leaving = run(main())
+    assert [r.id for r in staying] == ["s"] and leaving.cancelled()
+
+
+@pytest.mark.parametrize("moment", ["waiting", "not-started"])
+def test_cancel_all_ends_every_merged_call_with_the_closed_error(moment: str) -> None:
+    async def main():
+        service = FakeService()
+        merger = service.merger()
+        service.gate.clear()
+        first = asyncio.ensure_future(service.call(merger, samples("x")))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(service.call(merger, samples(f"c{k}"))) for k in range(3)]
+        await asyncio.sleep(0 if moment == "not-started" else 0.01)
+        merger.cancel_all()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        service.gate.set()
+        await first
+        return outcomes
+
+    outcomes = run(main())
+    assert all(isinstance(o, RuntimeError) and str(o) == "CLIENT_CLOSED" for o in outcomes)
