@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reward_server.contract import SERVICE_NAME
 from reward_server.scorers.base import Scorer
 from reward_server.types import Result, RewardKind, Sample
 
@@ -74,7 +75,7 @@ async def serve_bare_grpc(ready_file: Path) -> None:
         )
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rpp.reward.v1.RewardService", {
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
         "Score": handler(score, pb.ScoreRequest), "GetInfo": handler(get_info, pb.GetInfoRequest),
     }),))
     health_service = health.aio.HealthServicer()

@@ -45,6 +45,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reward_server.contract import BAD_SCORE, SCORER_FAILED, TIMEOUT
 from reward_server.loop_thread import LoopThread
 from reward_server.quoting import short_repr
 from reward_server.scorers.base import Scorer
@@ -148,7 +149,7 @@ def check_results(samples: list[Sample], results: object, kind: RewardKind) -> l
             if checked is results:
                 checked = list(results)  # copy on the first bad score; never change the scorer's list
             checked[i] = Result(id=sample.id, metrics=result.metrics,
-                                error=SampleError("BAD_SCORE", f"sample {short_repr(sample.id)}: {problem}"))
+                                error=SampleError(BAD_SCORE, f"sample {short_repr(sample.id)}: {problem}"))
     return checked
 
 
@@ -371,14 +372,14 @@ class DynamicBatcher:
                 f"the scorer {self._scorer.model_name!r} did not finish the batch holding this sample "
                 f"({len(samples)} samples) within scorer_timeout_s={timeout:g}"
             )
-            results = [Result(id=s.id, error=SampleError("TIMEOUT", f"sample {short_repr(s.id)}: {message}")) for s in samples]
+            results = [Result(id=s.id, error=SampleError(TIMEOUT, f"sample {short_repr(s.id)}: {message}")) for s in samples]
         except Exception as exc:  # the server must survive any scorer failure
             log.exception("scorer %r failed on a batch of %d samples", self._scorer.model_name, len(samples))
             message = (
                 f"scorer {self._scorer.model_name!r} failed on the batch holding this sample "
                 f"({len(samples)} samples): {type(exc).__name__}: {exc}"
             )
-            results = [Result(id=s.id, error=SampleError("SCORER_FAILED", message)) for s in samples]
+            results = [Result(id=s.id, error=SampleError(SCORER_FAILED, message)) for s in samples]
         finally:
             if call not in self._abandoned:
                 self._slots.release()

@@ -36,6 +36,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_server import convert
+from reward_server.contract import (
+    BAD_INFO,
+    CLIENT_CLOSED,
+    PROTOCOL_ERROR,
+    PUSHBACK_TRAILER,
+    REQUEST_TOO_LARGE,
+    SERVICE_NAME,
+    UNHEALTHY,
+)
 from reward_server.loop_thread import LoopThread
 from reward_server.merging import CallMerger
 from reward_server.proto import reward_pb2 as pb
@@ -44,7 +53,6 @@ from reward_server.quoting import short_repr
 from reward_server.security import TLSConfig, bearer_metadata, channel_credentials
 from reward_server.types import Result, Sample, ServiceInfo
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _FRAMING_BYTES = 16  # per repeated-field element: tag + length varint, with room to spare
 
@@ -53,7 +61,7 @@ _HINTS = {
     "DEADLINE_EXCEEDED": "no answer within the deadline; raise timeout_s, add replicas or shrink batches",
     "UNAUTHENTICATED": "the server wants a bearer token: pass token= (the server's --token)",
     "RESOURCE_EXHAUSTED": "the servers stayed overloaded through every retry; add replicas or slow down",
-    "REQUEST_TOO_LARGE": "not retried: the server receives less than its GetInfo.max_request_bytes says "
+    REQUEST_TOO_LARGE: "not retried: the server receives less than its GetInfo.max_request_bytes says "
     "(0 there means gRPC's default, 4 MiB); advertise the real limit or raise the server's receive limit",
 }
 _log = logging.getLogger(__name__)
@@ -148,7 +156,7 @@ def busy_retry_delay(exc: grpc.aio.AioRpcError, attempt: int) -> float | None:
     the trailer: those are told apart by the transport's words, and retried with backoff."""
     if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return None
-    pushback = dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+    pushback = dict(exc.trailing_metadata() or ()).get(PUSHBACK_TRAILER)
     if pushback is not None:
         try:
             ms = int(pushback)
@@ -318,7 +326,7 @@ class RewardClient:
         else:
             seen = f"reports {full} for {SERVICE_NAME} and {empty} for \"\""
         return RewardServiceUnavailable(
-            self.name, self.target, "UNHEALTHY",
+            self.name, self.target, UNHEALTHY,
             f"{exc.details()}: the server's grpc.health.v1 service {seen}; it must report SERVING for "
             f"{SERVICE_NAME} (or \"\") while it takes calls",
         )
@@ -355,7 +363,7 @@ class RewardClient:
         try:
             self._info = convert.info_from_proto(msg)
         except ValueError as exc:
-            raise RewardServiceError(self.name, self.target, "BAD_INFO", str(exc)) from None
+            raise RewardServiceError(self.name, self.target, BAD_INFO, str(exc)) from None
         return self._info
 
     async def score(self, samples: Sequence[Sample]) -> list[Result]:
@@ -419,7 +427,7 @@ class RewardClient:
         want = [s.id for s in request.samples]
         if got != want:
             raise RewardServiceError(
-                self.name, self.target, "PROTOCOL_ERROR",
+                self.name, self.target, PROTOCOL_ERROR,
                 f"Score returned ids {got[:5]}... for samples {want[:5]}... ({len(got)} vs {len(want)}); "
                 "the server broke the one-result-per-sample-in-order contract",
             )
@@ -432,15 +440,15 @@ class RewardClient:
             # The core's debug string names the address that failed; worth its length here.
             return RewardServiceUnavailable(self.name, self.target, code, f"{details} [{exc.debug_error_string()}]")
         if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and busy_retry_delay(exc, 0) is None:
-            return RewardServiceError(self.name, self.target, "REQUEST_TOO_LARGE", details)
+            return RewardServiceError(self.name, self.target, REQUEST_TOO_LARGE, details)
         return RewardServiceError(self.name, self.target, code, details)
 
     def _closed_error(self, what: str) -> RewardServiceError:
-        return RewardServiceError(self.name, self.target, "CLIENT_CLOSED", f"the client was closed before this {what} was answered")
+        return RewardServiceError(self.name, self.target, CLIENT_CLOSED, f"the client was closed before this {what} was answered")
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RewardServiceError(self.name, self.target, "CLIENT_CLOSED", "this RewardClient is closed")
+            raise RewardServiceError(self.name, self.target, CLIENT_CLOSED, "this RewardClient is closed")
 
     def _raise_if_closed(self, method: str) -> None:
         """Inside ``except CancelledError``: if close() cut the RPC off (not the caller's own

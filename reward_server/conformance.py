@@ -25,15 +25,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from reward_server.convert import CONTRACT_VERSION, GRPC_DEFAULT_RECEIVE_BYTES
+from reward_server.contract import (
+    CONTRACT_PATH,
+    CONTRACT_VERSION,
+    GRPC_DEFAULT_RECEIVE_BYTES,
+    SERVICE_NAME,
+)
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
 from reward_server.security import TLSConfig, channel_credentials
 from reward_server.steps import split_steps
 from reward_server.types import Span
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
-CONTRACT_PATH = "rpp/reward/v1/reward.proto"
 MUST, SHOULD = "MUST", "SHOULD"
 
 # Responses that catch the usual offset mistakes: multi-byte characters before each step

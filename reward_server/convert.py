@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from reward_server.contract import (
+    GRPC_DEFAULT_RECEIVE_BYTES,
+    INVALID_SAMPLE,
+    NO_SAMPLE_LIMIT,
+)
 from reward_server.proto import reward_pb2 as pb
 from reward_server.quoting import short_repr
 from reward_server.types import (
@@ -153,7 +158,7 @@ def oversized_samples(request: pb.ScoreRequest, max_sample_bytes: int) -> dict[i
         size = msg.ByteSize()
         if size > max_sample_bytes:
             errors[i] = SampleError(
-                "INVALID_SAMPLE",
+                INVALID_SAMPLE,
                 f"{_where(i, msg.id)}: the sample is {size} bytes serialized, over this "
                 f"server's limit of {max_sample_bytes} bytes per sample (prompt + response + reference)",
             )
@@ -254,11 +259,6 @@ def results_from_proto(response: pb.ScoreResponse) -> list[Result]:
 
 def kind_to_proto(kind: RewardKind) -> int:
     return _KIND_TO_PROTO[kind]
-
-
-CONTRACT_VERSION = "1.1"
-GRPC_DEFAULT_RECEIVE_BYTES = 4 << 20  # what GetInfo.max_request_bytes = 0 means
-NO_SAMPLE_LIMIT = 2**32 - 1  # what GetInfo.max_samples_per_request = 0 means (uint32 max)
 
 
 def info_to_proto(info: ServiceInfo) -> pb.GetInfoResponse:

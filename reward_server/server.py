@@ -35,6 +35,7 @@ from reward_server.batching import (
     QueueFull,
     ScorerStuck,
 )
+from reward_server.contract import CONTRACT_VERSION, PUSHBACK_TRAILER, SERVICE_NAME
 from reward_server.metrics import ServerMetrics
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _SMALL_REQUEST_BYTES = 64 << 10  # admitted whatever the byte budget (at most max_concurrent_calls of them)
 _STEPS_OFF_LOOP = 20_000  # responses with more steps are built off the event loop
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 VERSION = "rpp 0.1.0"
 
 
@@ -120,7 +120,7 @@ class BindError(OSError):
 
 # Busy refusals carry gRPC's server-pushback trailer: "retry after this many ms". Without
 # it a RESOURCE_EXHAUSTED means "too big, do not retry" (the contract, reward.proto).
-BUSY_PUSHBACK = (("grpc-retry-pushback-ms", "50"),)
+BUSY_PUSHBACK = ((PUSHBACK_TRAILER, "50"),)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -170,7 +170,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             version=VERSION,
             input_format=self._scorer.input_format,
             max_sample_bytes=self._config.max_sample_bytes,
-            contract_version=convert.CONTRACT_VERSION,
+            contract_version=CONTRACT_VERSION,
         )
 
     async def wait_idle(self) -> None:

@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from reward_server.client import BlockingRewardClient
+from reward_server.contract import SERVICE_NAME
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
-from reward_server.server import SERVICE_NAME, ServerConfig, start_in_thread
+from reward_server.server import ServerConfig, start_in_thread
 from reward_server.types import RewardKind, Sample
 from tests.serving_helpers import LengthScorer, SlowAsyncScorer, make_samples
 

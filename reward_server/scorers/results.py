@@ -1,4 +1,5 @@
-"""Per-sample error codes and the helpers scorers use to build results.
+"""The helpers scorers use to build results (the per-sample error codes are in
+``reward_server.contract``, re-exported here for the scorers).
 
 A scorer answers a bad sample with a Result whose ``error`` names the sample and what
 to do, so one bad sample never fails the batch it came in.
@@ -6,14 +7,12 @@ to do, so one bad sample never fails the batch it came in.
 
 from __future__ import annotations
 
+from reward_server.contract import BAD_SCORE, INVALID_SAMPLE, SCORER_FAILED, TIMEOUT
 from reward_server.quoting import short_repr
 from reward_server.steps import span_texts
 from reward_server.types import Result, Sample, SampleError, Span
 
-INVALID_SAMPLE = "INVALID_SAMPLE"  # the request is wrong: bad spans, too long, no reference
-SCORER_FAILED = "SCORER_FAILED"  # the scorer could not score it: an exception, a dead worker
-BAD_SCORE = "BAD_SCORE"  # a user function returned something that is not a valid score
-TIMEOUT = "TIMEOUT"  # scoring took longer than the scorer's time limit
+__all__ = ["BAD_SCORE", "INVALID_SAMPLE", "SCORER_FAILED", "TIMEOUT", "error_result", "step_texts"]
 
 
 def error_result(sample_id: str, code: str, message: str) -> Result:

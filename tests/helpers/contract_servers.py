@@ -19,11 +19,11 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from reward_server.contract import SERVICE_NAME
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
 from reward_server.server import enable_reflection
 
-SERVICE = "rpp.reward.v1.RewardService"
 SEPARATOR = "\n\n"
 FLAWS = {
     "health_empty_name_only": "registers health only for the empty name (many health libraries' default)",
@@ -166,7 +166,7 @@ def contract_server(kind: str, flaw: str | None = None, token: str | None = None
     reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [""] if flaw == "health_empty_name_only" else ["", SERVICE]
+    names = [""] if flaw == "health_empty_name_only" else ["", SERVICE_NAME]
     for name in names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if flaw != "no_reflection":
