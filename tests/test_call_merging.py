@@ -59,23 +59,25 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
-def test_calls_that_find_every_slot_busy_go_out_together_each_with_its_results() -> None:
-    async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("a")))
-        await asyncio.sleep(0)  # "a" holds the only slot
-        waiting = [asyncio.ensure_future(service.call(merger, samples(f"w{k}", f"v{k}"))) for k in range(3)]
-        await asyncio.sleep(0)
-        service.gate.set()
-        return service.requests, await first, await asyncio.gather(*waiting)
+async def while_busy(calls: list[list[Sample]], limit: int = 64) -> tuple[FakeService, list]:
+    """One call takes the only slot and is held there while ``calls`` arrive (so they are
+    merged); then the server answers. Returns the service and every call's outcome."""
+    service = FakeService()
+    merger = service.merger()
+    service.gate.clear()
+    first = asyncio.ensure_future(service.call(merger, samples("x")))
+    await asyncio.sleep(0)  # "x" holds the only slot
+    waiting = [asyncio.ensure_future(service.call(merger, c, limit)) for c in calls]
+    await asyncio.sleep(0)
+    service.gate.set()
+    return service, await asyncio.gather(first, *waiting, return_exceptions=True)
 
-    requests, first, waiting = run(main())
-    assert requests == [["a"], ["w0", "v0", "w1", "v1", "w2", "v2"]]  # 4 calls, 2 requests
-    assert [r.id for r in first] == ["a"]
-    assert [[r.id for r in res] for res in waiting] == [["w0", "v0"], ["w1", "v1"], ["w2", "v2"]]
-    assert [r.outcome for r in waiting[1]] == [1.0, 2.0]
+
+def test_calls_that_find_every_slot_busy_go_out_together_each_with_its_results() -> None:
+    service, outcomes = run(while_busy([samples(f"w{k}", f"v{k}") for k in range(3)]))
+    assert service.requests == [["x"], ["w0", "v0", "w1", "v1", "w2", "v2"]]  # 4 calls, 2 requests
+    assert [[r.id for r in res] for res in outcomes] == [["x"], ["w0", "v0"], ["w1", "v1"], ["w2", "v2"]]
+    assert [r.outcome for r in outcomes[2]] == [1.0, 2.0]
 
 
 def test_a_free_slot_is_never_waited_for_and_big_calls_are_not_merged() -> None:
@@ -92,60 +94,24 @@ def test_a_free_slot_is_never_waited_for_and_big_calls_are_not_merged() -> None:
 
 
 def test_ids_are_unique_per_merged_request_and_the_limit_holds() -> None:
-    async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("x")))
-        await asyncio.sleep(0)
-        calls = [samples("a", "b"), samples("a"), samples("c", "d"), samples("e", "f")]
-        waiting = [asyncio.ensure_future(service.call(merger, c, limit=4)) for c in calls]
-        await asyncio.sleep(0)
-        service.gate.set()
-        await asyncio.gather(first, *waiting)
-        return service.requests
-
-    requests = run(main())
+    calls = [samples("a", "b"), samples("a"), samples("c", "d"), samples("e", "f")]
+    service, _ = run(while_busy(calls, limit=4))
     # "a" twice starts a second request; a 5th sample would pass the limit of 4: a third.
-    assert requests == [["x"], ["a", "b"], ["a", "c", "d"], ["e", "f"]]
-    assert all(len(set(r)) == len(r) for r in requests)
+    assert service.requests == [["x"], ["a", "b"], ["a", "c", "d"], ["e", "f"]]
+    assert all(len(set(r)) == len(r) for r in service.requests)
 
 
 def test_a_callers_fault_is_resent_alone_and_reaches_only_that_caller() -> None:
-    async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("x")))
-        await asyncio.sleep(0)
-        good, bad = samples("g1", "g2"), samples("bad")
-        waiting = [asyncio.ensure_future(service.call(merger, c)) for c in (good, bad, samples("g3"))]
-        await asyncio.sleep(0)
-        service.gate.set()
-        outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
-        return service.requests, outcomes
-
-    requests, outcomes = run(main())
-    assert requests[1] == ["g1", "g2", "bad", "g3"]  # merged, refused ...
-    assert sorted(map(tuple, requests[2:])) == [("bad",), ("g1", "g2"), ("g3",)]  # ... then each alone
+    service, outcomes = run(while_busy([samples("g1", "g2"), samples("bad"), samples("g3")]))
+    assert service.requests[1] == ["g1", "g2", "bad", "g3"]  # merged, refused ...
+    assert sorted(map(tuple, service.requests[2:])) == [("bad",), ("g1", "g2"), ("g3",)]  # ... then each alone
     assert isinstance(outcomes[2], BadSample) and "['bad']" in str(outcomes[2])
     assert [r.id for r in outcomes[1]] == ["g1", "g2"] and [r.id for r in outcomes[3]] == ["g3"]
 
 
 def test_a_server_fault_fails_every_merged_caller_once_each() -> None:
-    async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("x")))
-        await asyncio.sleep(0)
-        waiting = [asyncio.ensure_future(service.call(merger, c)) for c in (samples("boom"), samples("y"))]
-        await asyncio.sleep(0)
-        service.gate.set()
-        return service.requests, await asyncio.gather(first, *waiting, return_exceptions=True)
-
-    requests, outcomes = run(main())
-    assert requests == [["x"], ["boom", "y"]]  # not resent: no caller caused it
+    service, outcomes = run(while_busy([samples("boom"), samples("y")]))
+    assert service.requests == [["x"], ["boom", "y"]]  # not resent: no caller caused it
     assert all(isinstance(o, RuntimeError) and "the server broke" in str(o) for o in outcomes[1:])
 
 
