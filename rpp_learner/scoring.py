@@ -49,7 +49,6 @@ class ScoredBatch:
     valid: torch.Tensor  # [B] bool: every service scored this sample
     failures: dict[str, int] = field(default_factory=dict)  # per service
     first_errors: list[str] = field(default_factory=list)  # a few messages, for logs
-    service_means: dict[str, float] = field(default_factory=dict)  # per-service mean score
     step_counts: dict[str, list[int]] = field(default_factory=dict)  # process service -> steps per scored sample
     # [B, S] weight of the service that scored each step; the step-score formula itself
     # (weight, transform, clip) is applied in one place, rpp_learner.algorithms.rewards.

@@ -242,7 +242,7 @@ class Trainer:
         metrics = rollout_metrics(b, scored, mask, old_logp, old_logp if ref_logp is None else ref_logp)
         metrics.update(sampler_mismatch_metrics(b, old_logp))
         metrics.update(update.metrics)
-        lone = all_reduce_sum(torch.tensor(adv.metrics["advantages/lone_fraction"] * len(rollout.texts)))
+        lone = all_reduce_sum(torch.tensor(adv.metrics["advantages/lone_samples"]))
         metrics["advantages/lone_fraction"] = lone.item() / (len(rollout.texts) * self.world)
         metrics.update({
             "time/step_s": t_end - t0,

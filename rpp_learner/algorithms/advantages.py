@@ -83,7 +83,7 @@ class AdvantageOutput:
     dense_rewards: torch.Tensor  # [B, T] r_t = KL + outcome + process terms, 0 at padding
     mask: torch.Tensor  # [B, T] the mask the loss must use (drop_truncated zeroes rows)
     step_rewards: torch.Tensor | None = None  # [B, S] p_j = clip(alpha * w_j * f(s_j))
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # this process's counts; the trainer all-reduces them
 
 
 # (inputs, config) -> (advantages, returns, dense rewards)
@@ -307,27 +307,13 @@ def compute_advantages(
         dense_rewards=rewards.total,
         mask=inputs.mask,
         step_rewards=rewards.steps,
-        metrics=_metrics(inputs, rewards, returns, advantages),
+        metrics=_metrics(inputs),
     )
 
 
-def _metrics(inputs: AdvantageInputs, rewards: DenseRewards, returns, advantages) -> dict[str, float]:
-    maskf = inputs.mask.float()
-    tokens = maskf.sum().clamp(min=1)
-    has_step = inputs.step_token_index >= 0
-    steps = has_step.sum()
+def _metrics(inputs: AdvantageInputs) -> dict[str, float]:
+    """Counts for the trainer to all-reduce: scored samples whose group has no other scored
+    member (their group advantage is 0; logged as ``advantages/lone_fraction``)."""
     scored = _scored(inputs)
     _, _, group_size = group_mean_std(torch.zeros(len(scored)), inputs.group_index, scored)
-    lone = (scored & (group_size == 1)).sum()
-    return {
-        "reward/outcome_mean": inputs.outcome.float().mean().item(),
-        "reward/kl_mean": ((inputs.kl.float() * maskf).sum() / tokens).item(),
-        "reward/step_reward_mean": (rewards.steps.sum() / steps.clamp(min=1)).item(),
-        "reward/steps_per_response": (steps / max(len(has_step), 1)).item(),
-        "reward/truncated_fraction": inputs.truncated.float().mean().item(),
-        "returns/mean": ((returns * maskf).sum() / tokens).item(),
-        "advantages/mean": ((advantages * maskf).sum() / tokens).item(),
-        "advantages/abs_max": (advantages * maskf).abs().max().item(),
-        # Scored samples whose group has no other scored member (a group advantage of 0).
-        "advantages/lone_fraction": (lone / max(len(scored), 1)).item(),
-    }
+    return {"advantages/lone_samples": float((scored & (group_size == 1)).sum())}
