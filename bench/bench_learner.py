@@ -88,7 +88,9 @@ def timed_step(trainer: Trainer) -> dict[str, float]:
 
 @contextlib.contextmanager
 def reward_service(fn: str):
-    server = start_in_thread(UserFunctionScorer(f"bench.bench_learner:{fn}", "outcome"), ServerConfig(metrics_port=None))
+    server = start_in_thread(
+        UserFunctionScorer(f"bench.bench_learner:{fn}", "outcome"), ServerConfig(metrics_port=None)
+    )
     try:
         yield server
     finally:

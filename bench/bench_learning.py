@@ -25,8 +25,8 @@ step-farming signature (mean response length and steps per response, first and l
 steps), the PRM's score per training response (rising while held-out accuracy falls means
 the policy pleases the PRM instead of adding right); then the goal check: does the best
 learned-PRM mode reach each seed's ORM-only final accuracy in at most half the steps, and
-does every dense mode end at or above ORM-only. Writes a PNG of the accuracy curves and a JSON of every figure. Whatever the
-numbers say, they are what ran.
+does every dense mode end at or above ORM-only. Writes a PNG of the accuracy curves and a
+JSON of every figure. Whatever the numbers say, they are what ran.
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def format_table(rows: list[dict[str, Any]], seeds: list[int], steps: int, targe
     return "\n".join(lines)
 
 
-def audit_policies(args: argparse.Namespace, jobs: list[tuple[str, int]], samples: int = 256) -> dict[str, dict[str, float]]:
+def audit_policies(
+    args: argparse.Namespace, jobs: list[tuple[str, int]], samples: int = 256
+) -> dict[str, dict[str, float]]:
     """Each variant's final policies, sampled at temperature 1 on held-out problems: the
     share of steps that are exactly right (the task's checker) next to the learned PRM's
     mean step score for the same steps. A PRM score above the true share is what a policy

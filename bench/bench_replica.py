@@ -174,13 +174,18 @@ def run_flood(bound: int, senders: int, seconds: float) -> None:
           f"= {(bound + 300 * mb) / mb:.0f} MiB: {'met' if peak.peak <= bound + 300 * mb else 'NOT met'}")
     ratio = p99(loud) / p99(quiet)
     print(f"  small-call p99: quiet {p99(quiet) * 1e3:.1f} ms ({len(quiet)} calls), during the flood "
-          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
+          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} "
+          f"(target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
 
 
 def run_bomb(seconds: float) -> None:
     proc, address = start_replica(["--scorer", "math-answer", "--option", "deadline_s=5"])
-    good = pb.ScoreRequest(samples=[pb.Sample(id="g", prompt="q", response="Answer: 7", reference="7")]).SerializeToString()
-    bomb = pb.ScoreRequest(samples=[pb.Sample(id="b", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")]).SerializeToString()
+    good = pb.ScoreRequest(
+        samples=[pb.Sample(id="g", prompt="q", response="Answer: 7", reference="7")]
+    ).SerializeToString()
+    bomb = pb.ScoreRequest(
+        samples=[pb.Sample(id="b", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")]
+    ).SerializeToString()
 
     def check_good(response: pb.ScoreResponse) -> None:
         assert response.results[0].outcome == 1.0, response
@@ -188,7 +193,9 @@ def run_bomb(seconds: float) -> None:
     async def bombs(until: float) -> int:
         sent = 0
         async with grpc.aio.insecure_channel(address) as channel:
-            call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
+            call = channel.unary_unary(
+                SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString
+            )
             while time.perf_counter() < until:
                 sent += 1
                 await call(bomb, timeout=60)  # answered with TIMEOUT after deadline_s
@@ -208,7 +215,8 @@ def run_bomb(seconds: float) -> None:
     ratio = p99(loud) / p99(quiet)
     print(f"math bomb: {sent} bombs in {seconds:g} s, each holding a worker for its 5 s deadline")
     print(f"  good-check p99: quiet {p99(quiet) * 1e3:.1f} ms ({len(quiet)} calls), during the bombs "
-          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} (target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
+          f"{p99(loud) * 1e3:.1f} ms ({len(loud)} calls): ratio {ratio:.2f} "
+          f"(target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
 
 
 def main() -> None:

@@ -116,7 +116,8 @@ def run_size(name: str, size: Size, repeats: int, eager: bool) -> dict[str, floa
     print(f"{name}: {params_count / 1e6:.1f}M parameters, {size.prompts} prompts x {size.samples} samples x "
           f"{size.new_tokens} new tokens")
     print(f"  HF generate   {hf_tps:9.0f} tokens/s   ({size.prompts_per_call} prompts per call)")
-    print(f"  vLLM{' (eager)' if eager else '        '} {vllm_tps:9.0f} tokens/s   start-up {start_s:.1f} s, weight push {push_s * 1e3:.0f} ms")
+    print(f"  vLLM{' (eager)' if eager else '        '} {vllm_tps:9.0f} tokens/s   "
+          f"start-up {start_s:.1f} s, weight push {push_s * 1e3:.0f} ms")
     print(f"  vLLM / HF     {vllm_tps / hf_tps:9.2f}x")
     return {"hf_tokens_per_s": hf_tps, "vllm_tokens_per_s": vllm_tps, "ratio": vllm_tps / hf_tps,
             "vllm_start_s": start_s, "vllm_push_s": push_s}

@@ -41,7 +41,9 @@ def make_samples(n: int, seed: int = 0) -> list[Sample]:
     samples = []
     for i in range(n):
         steps = ["Step: " + " ".join(rng.choices(WORDS, k=rng.randint(3, 20))) for _ in range(rng.randint(1, 4))]
-        samples.append(Sample(id=str(i), prompt="Solve " + " ".join(rng.choices(WORDS, k=10)), response="\n\n".join(steps)))
+        samples.append(
+            Sample(id=str(i), prompt="Solve " + " ".join(rng.choices(WORDS, k=10)), response="\n\n".join(steps))
+        )
     return samples
 
 

@@ -162,12 +162,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_grpc_server(tmp: Path, scorer_args: list[str] | None = None, *, bare: bool = False) -> tuple[subprocess.Popen, str]:
+def start_grpc_server(
+    tmp: Path, scorer_args: list[str] | None = None, *, bare: bool = False
+) -> tuple[subprocess.Popen, str]:
     """``rpp-reward-server`` in its own process (default: the trivial scorer), or with
     ``bare`` the bare grpc.aio server of serving_fixtures; (process, address)."""
     ready = tmp / ("bare.json" if bare else "grpc.json")
     command = [sys.executable, "-m", "bench.serving_fixtures", str(ready)] if bare else [
-        sys.executable, "-m", "reward_server.cli", *(scorer_args or ["--scorer", "bench.serving_fixtures:TrivialScorer"]),
+        sys.executable, "-m", "reward_server.cli",
+        *(scorer_args or ["--scorer", "bench.serving_fixtures:TrivialScorer"]),
         "--port", "0", "--metrics-port", "-1", "--ready-file", str(ready), "--log-level", "WARNING",
     ]
     proc = subprocess.Popen(command, cwd=ROOT)

@@ -356,7 +356,9 @@ def prm_checkpoint(
     quality = step_quality([s.labels for s in heldout], step_probabilities(model, tokenizer, heldout))
     if cfg.labels != "exact":  # how far the Monte-Carlo labels are from the truth, on train
         quality["train_label_agreement"] = sum(
-            (a >= 0.5) == (b >= 0.5) for s in train for a, b in zip(s.labels, check_steps(s.problem, s.steps), strict=True)
+            (a >= 0.5) == (b >= 0.5)
+            for s in train
+            for a, b in zip(s.labels, check_steps(s.problem, s.steps), strict=True)
         ) / len(steps)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prm-", dir=target.parent))

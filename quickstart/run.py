@@ -111,7 +111,9 @@ def process_service_name(cfg: QuickstartConfig) -> str:
     return "steps" if cfg.prm == "rule" else "prm"
 
 
-def learner_config(cfg: QuickstartConfig, model_dir: Path, data: dict[str, Path], addresses: dict[str, str]) -> dict[str, Any]:
+def learner_config(
+    cfg: QuickstartConfig, model_dir: Path, data: dict[str, Path], addresses: dict[str, str]
+) -> dict[str, Any]:
     from rpp_learner.algorithms import ESTIMATORS
 
     services = [{"name": "answer", "kind": "outcome", "targets": [addresses["answer"]]}]
@@ -232,15 +234,24 @@ def format_table(f: dict[str, Any]) -> str:
     rows = [
         ("", "SFT start", f"after {f['steps']} RL steps"),
         ("held-out accuracy (greedy)", f"{f['accuracy_before']:.1%}", f"{f['accuracy_after']:.1%}"),
-        ("mean outcome reward (train, first/last steps)", f"{f['outcome_reward_first']:.3f}", f"{f['outcome_reward_last']:.3f}"),
-        ("sum of step scores per response (train, first/last)", f"{f['process_reward_first']:.3f}", f"{f['process_reward_last']:.3f}"),
+        (
+            "mean outcome reward (train, first/last steps)",
+            f"{f['outcome_reward_first']:.3f}",
+            f"{f['outcome_reward_last']:.3f}",
+        ),
+        (
+            "sum of step scores per response (train, first/last)",
+            f"{f['process_reward_first']:.3f}",
+            f"{f['process_reward_last']:.3f}",
+        ),
         ("KL to the SFT policy (per token)", "0", f"{f['kl_last']:.4f}"),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b:>10}  {c:>18}" for a, b, c in rows]
     calls = ", ".join(f"{n}: {c} Score calls" for n, c in f["score_requests"].items())
     lines += [
-        f"gain: {100 * (f['accuracy_after'] - f['accuracy_before']):+.1f} points  (credit: {f['credit']}, seed {f['seed']})",
+        f"gain: {100 * (f['accuracy_after'] - f['accuracy_before']):+.1f} points  "
+        f"(credit: {f['credit']}, seed {f['seed']})",
         f"time: SFT {f['time_sft_s']:.0f} s, RL + evals {f['time_rl_s']:.0f} s, total {f['time_total_s']:.0f} s",
         f"reward services over gRPC: {calls}",
         f"plot: {f['plot']}",

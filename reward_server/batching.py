@@ -139,7 +139,9 @@ def check_results(samples: list[Sample], results: object, kind: RewardKind) -> l
     for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
         if not isinstance(result, Result) or result.id != sample.id:
             got = repr(result.id) if isinstance(result, Result) else type(result).__name__
-            raise ValueError(f"scorer result {i} has id {got}, expected {short_repr(sample.id)}; results must keep the sample order")
+            raise ValueError(
+                f"scorer result {i} has id {got}, expected {short_repr(sample.id)}; results must keep the sample order"
+            )
         if result.error is not None:
             continue
         if outcome_kind and result.outcome is not None and isfinite(result.outcome):
@@ -372,7 +374,9 @@ class DynamicBatcher:
                 f"the scorer {self._scorer.model_name!r} did not finish the batch holding this sample "
                 f"({len(samples)} samples) within scorer_timeout_s={timeout:g}"
             )
-            results = [Result(id=s.id, error=SampleError(TIMEOUT, f"sample {short_repr(s.id)}: {message}")) for s in samples]
+            results = [
+                Result(id=s.id, error=SampleError(TIMEOUT, f"sample {short_repr(s.id)}: {message}")) for s in samples
+            ]
         except Exception as exc:  # the server must survive any scorer failure
             log.exception("scorer %r failed on a batch of %d samples", self._scorer.model_name, len(samples))
             message = (

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rpp-reward-server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s = p.add_argument_group("scorer")
-    s.add_argument("--scorer", required=True, help="registered scorer name (e.g. prm: any public PRM checkpoint, its format read from "
+    s.add_argument("--scorer", required=True,
+                   help="registered scorer name (e.g. prm: any public PRM checkpoint, its format read from "
                         "config.json), or module:attr of a Scorer class/factory")
     s.add_argument("--model", help="model path or hub id (HF scorers)")
     s.add_argument("--function", help="module:function or path/to/file.py:function (user-function scorer)")

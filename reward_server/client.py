@@ -378,7 +378,9 @@ class RewardClient:
             return await self._merger.join(samples, merge_limit)
         return await self._score_split(samples, info)
 
-    async def _score_split(self, samples: Sequence[Sample], info: ServiceInfo, *, hold_slot: bool = True) -> list[Result]:
+    async def _score_split(
+        self, samples: Sequence[Sample], info: ServiceInfo, *, hold_slot: bool = True
+    ) -> list[Result]:
         """``samples`` as requests within the server's limits; ``hold_slot=False``: the caller holds one
         slot already and the requests go out one after another in it."""
         max_bytes = min(info.max_request_bytes or self._max_message_bytes, self._max_message_bytes)
@@ -444,7 +446,9 @@ class RewardClient:
         return RewardServiceError(self.name, self.target, code, details)
 
     def _closed_error(self, what: str) -> RewardServiceError:
-        return RewardServiceError(self.name, self.target, CLIENT_CLOSED, f"the client was closed before this {what} was answered")
+        return RewardServiceError(
+            self.name, self.target, CLIENT_CLOSED, f"the client was closed before this {what} was answered"
+        )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -100,7 +100,9 @@ def rule(rule_id: str, level: str, text: str):
 
 
 def sample(i: int, response: str = "The answer is 4.", steps: list[tuple[int, int]] | None = None, **kw) -> pb.Sample:
-    msg = pb.Sample(id=kw.pop("id", f"conformance-{i}"), prompt=kw.pop("prompt", "What is 2 + 2?"), response=response, **kw)
+    msg = pb.Sample(
+        id=kw.pop("id", f"conformance-{i}"), prompt=kw.pop("prompt", "What is 2 + 2?"), response=response, **kw
+    )
     for start, end in steps or []:
         msg.steps.add(start=start, end=end)
     return msg
@@ -195,7 +197,11 @@ def _oversized(ctx: Context, i: int) -> pb.Sample | None:
     return sample(i, "x" * (limit + 1024))
 
 
-@rule("score.per_sample_error", MUST, "a sample over max_sample_bytes gets its own error; the call and the other samples succeed")
+@rule(
+    "score.per_sample_error",
+    MUST,
+    "a sample over max_sample_bytes gets its own error; the call and the other samples succeed",
+)
 def check_per_sample_error(ctx: Context):
     big = _oversized(ctx, 1)
     if big is None:
@@ -239,7 +245,11 @@ def check_too_many(ctx: Context):
     return _invalid(ctx, [sample(k, "1") for k in range(limit + 1)])
 
 
-@rule("invalid.bad_spans", MUST, "PROCESS: spans out of range, inside a character, empty or overlapping fail with INVALID_ARGUMENT")
+@rule(
+    "invalid.bad_spans",
+    MUST,
+    "PROCESS: spans out of range, inside a character, empty or overlapping fail with INVALID_ARGUMENT",
+)
 def check_bad_spans(ctx: Context):
     if not ctx.process:
         return None, "an OUTCOME service ignores steps"
@@ -279,7 +289,11 @@ def check_given_steps(ctx: Context):
     return got == steps, f"sent {steps}, got {got}"
 
 
-@rule("process.split_without_steps", MUST, "PROCESS: without steps the server splits by the contract's algorithm, byte spans")
+@rule(
+    "process.split_without_steps",
+    MUST,
+    "PROCESS: without steps the server splits by the contract's algorithm, byte spans",
+)
 def check_split(ctx: Context):
     if not ctx.process:
         return None, "OUTCOME service"
@@ -299,7 +313,11 @@ def check_split(ctx: Context):
 # ----------------------------------------------------------------------- transport
 
 
-@rule("size.max_request_bytes", MUST, "a request just under max_request_bytes (0: 4 MiB) is received, not refused for size")
+@rule(
+    "size.max_request_bytes",
+    MUST,
+    "a request just under max_request_bytes (0: 4 MiB) is received, not refused for size",
+)
 def check_size(ctx: Context):
     if ctx.info is None:
         return None, "no GetInfo"

@@ -69,7 +69,9 @@ class ServerMetrics:
                 return [b"only /metrics is served here\n"]
             return metrics_app(environ, start_response)
 
-        self._http = make_server(host, port, only_metrics, prom.exposition.ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._http = make_server(
+            host, port, only_metrics, prom.exposition.ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True)
         self._thread.start()
         return self._http.server_port

@@ -204,7 +204,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         # A request bigger than the whole budget is still taken when nothing else is held, and
         # small ones always are (they cost little): a flood of big requests never locks out
         # the small calls of other callers, nor health-like probes of the service.
-        if size > _SMALL_REQUEST_BYTES and self._bytes_in_flight and self._bytes_in_flight + size > cfg.max_inflight_bytes:
+        if (
+            size > _SMALL_REQUEST_BYTES
+            and self._bytes_in_flight
+            and self._bytes_in_flight + size > cfg.max_inflight_bytes
+        ):
             return (f"reward server overloaded: {self._bytes_in_flight} request bytes held and {size} more would "
                     f"exceed max_inflight_bytes={cfg.max_inflight_bytes}; retry with backoff or add replicas")
         return None
@@ -218,7 +222,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         except DecodeError as exc:
             self._metrics.requests.labels("Score", "INVALID_ARGUMENT").inc()
             details = (
-                f"the request is not a valid rpp.reward.v1.ScoreRequest ({len(raw)} bytes): {short_repr(str(exc), 200)}; "
+                f"the request is not a valid rpp.reward.v1.ScoreRequest ({len(raw)} bytes): "
+                f"{short_repr(str(exc), 200)}; "
                 "serialize a ScoreRequest, with every string valid UTF-8"
             )
             self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
@@ -230,7 +235,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             request = pb.GetInfoRequest.FromString(raw)
         except DecodeError:
             self._metrics.requests.labels("GetInfo", "INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid rpp.reward.v1.GetInfoRequest")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid rpp.reward.v1.GetInfoRequest"
+            )
         return await self.GetInfo(request, context)
 
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
@@ -259,7 +266,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
     async def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
         if self.draining:
-            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "this reward server is draining (shutting down); retry on another replica")
+            raise _RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "this reward server is draining (shutting down); retry on another replica"
+            )
         try:
             samples = convert.parse_score_request(
                 request, self._config.max_samples_per_request, with_steps=self._scorer.kind is RewardKind.PROCESS
@@ -279,7 +288,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         if rejected:
             rest = iter(scored)
-            scored = [Result(id=s.id, error=rejected[i]) if i in rejected else next(rest) for i, s in enumerate(samples)]
+            scored = [
+                Result(id=s.id, error=rejected[i]) if i in rejected else next(rest) for i, s in enumerate(samples)
+            ]
         steps = 0
         for result in scored:
             steps += len(result.steps)

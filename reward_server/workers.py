@@ -84,7 +84,9 @@ def _send(conn: Connection, reply: tuple) -> None:
         conn.send((reply[0], False, f"the answer could not be sent back: {_describe(exc)}"))
 
 
-def _worker_main(conn: Connection, setup: Callable[..., Callable[..., Any]], setup_args: tuple, parent_pid: int) -> None:
+def _worker_main(
+    conn: Connection, setup: Callable[..., Callable[..., Any]], setup_args: tuple, parent_pid: int
+) -> None:
     _die_with_parent(parent_pid)
     try:
         handler = setup(*setup_args)
@@ -253,7 +255,9 @@ class WorkerPool:
         process.start()
         child.close()
         worker = _Worker(process, parent, index)
-        worker.reader = threading.Thread(target=self._read, args=(worker,), name=f"{self.name}-reader-{index}", daemon=True)
+        worker.reader = threading.Thread(
+            target=self._read, args=(worker,), name=f"{self.name}-reader-{index}", daemon=True
+        )
         worker.reader.start()
         return worker
 
@@ -334,7 +338,9 @@ class WorkerPool:
     def _kill_running(self, task: _Task, why: str) -> None:
         for worker in list(self._workers):
             if task.id in worker.tasks:
-                log.warning("%s worker %d: a task %s; killing the worker and starting a new one", self.name, worker.index, why)
+                log.warning(
+                    "%s worker %d: a task %s; killing the worker and starting a new one", self.name, worker.index, why
+                )
                 del worker.tasks[task.id]
                 for other in worker.tasks.values():  # they shared its blocked event loop
                     _settle(other.done, False, f"its worker was killed because another task on it {why}")

@@ -344,7 +344,10 @@ class _OffsetDecoder:
     def _verify(self, ids: list[int], text: str) -> None:
         expected = self.tokenizer.decode(ids, skip_special_tokens=True)
         if text != expected:
-            at = next((k for k, (a, b) in enumerate(zip(text, expected, strict=False)) if a != b), min(len(text), len(expected)))
+            at = next(
+                (k for k, (a, b) in enumerate(zip(text, expected, strict=False)) if a != b),
+                min(len(text), len(expected)),
+            )
             raise TokenAlignmentError(
                 f"cannot map {type(self.tokenizer).__name__} token by token: per-token decoding "
                 f"gives {text[max(0, at - 10) : at + 10]!r} where decode() gives "

@@ -41,7 +41,9 @@ def _read_rows(path: Path) -> list[dict]:
     raise ValueError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl or .parquet")
 
 
-def load_records(path: str | Path, prompt_field: str = "prompt", reference_field: str = "reference") -> list[PromptRecord]:
+def load_records(
+    path: str | Path, prompt_field: str = "prompt", reference_field: str = "reference"
+) -> list[PromptRecord]:
     """Read every row; each needs ``prompt_field`` (a string), ``reference_field`` is optional."""
     path = Path(path)
     if not path.is_file():
@@ -61,7 +63,9 @@ def load_records(path: str | Path, prompt_field: str = "prompt", reference_field
     return records
 
 
-def split_held_out(records: list[PromptRecord], eval_size: int, seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
+def split_held_out(
+    records: list[PromptRecord], eval_size: int, seed: int
+) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """Hold out ``eval_size`` random rows (seeded) as the evaluation set."""
     if eval_size <= 0:
         return records, []

@@ -70,7 +70,10 @@ def describe_parallelism(accelerator: Accelerator) -> str:
         how = "DDP: a full copy of the model on each"
     else:
         how = "one process"
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        and accelerator.distributed_type != DistributedType.FSDP
+    ):
         # accelerate drops FSDP without a word where it does not support it (CPU processes).
         why = " (it does not on CPU)" if accelerator.device.type == "cpu" else ""
         how += f"; FSDP was requested but accelerate did not enable it{why}"

@@ -390,7 +390,8 @@ class Trainer:
         records = self.eval_records[: cfg.eval.max_prompts][self.rank :: self.world]
         correct = scored = 0.0
         if records:
-            params = SamplingParams(n=1, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, greedy=True)
+            budget = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+            params = SamplingParams(n=1, max_new_tokens=budget, greedy=True)
             batch = self.engine.generate([self._encode(r.prompt) for r in records], params, seed=0)
             rollout = with_text(batch, records, torch.arange(len(records)), self.tokenizer, self.eos_ids)
             results = self.scorer.submit(reward_samples(rollout, -1, self.rank), only=[service]).result()[service]
@@ -433,9 +434,13 @@ class Trainer:
     def _check_sizes(self) -> None:
         cfg, w = self.cfg, self.world
         if cfg.rollout.prompts_per_step % w:
-            raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the {w} processes")
+            raise ConfigError(
+                f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the {w} processes"
+            )
         if cfg.optim.mini_batch_size % w:
-            raise ConfigError(f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be divisible by the {w} processes")
+            raise ConfigError(
+                f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must be divisible by the {w} processes"
+            )
 
     @property
     def mini_batches_per_epoch(self) -> int:

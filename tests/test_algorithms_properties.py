@@ -59,7 +59,9 @@ def test_whitened_values_have_mean_0_and_variance_1(inputs):
 
 
 @settings(max_examples=60, deadline=None)
-@given(batches(min_tokens=2), st.sampled_from(["sum", "min"]), st.sampled_from(["reinforce_pp", "reinforce_pp_baseline"]))
+@given(
+    batches(min_tokens=2), st.sampled_from(["sum", "min"]), st.sampled_from(["reinforce_pp", "reinforce_pp_baseline"])
+)
 def test_reinforce_pp_advantages_are_whitened_over_valid_tokens(inputs, credit, estimator):
     out = compute_advantages(estimator, inputs, kl_coef=0.05, credit=credit, process_coef=0.5)
     mask = inputs.mask.bool()

@@ -28,7 +28,9 @@ from rpp_learner.alignment import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORDS = ["step", "Die", "Lösung", "café", "naïve", "数学", "你好世界", "😀", "🚀", "👍🏽", "x=2", "2+2=4", "don't", "ünd"]
+WORDS = [
+    "step", "Die", "Lösung", "café", "naïve", "数学", "你好世界", "😀", "🚀", "👍🏽", "x=2", "2+2=4", "don't", "ünd"
+]
 CORPUS = [" ".join(WORDS[i:] + WORDS[:i]) + ". Then, why? ok! | \n\nNext step." for i in range(len(WORDS))] * 3
 SPECIALS = ["<eos>", "<pad>"]
 

@@ -62,7 +62,9 @@ def test_requests_are_split_to_the_advertised_byte_limit() -> None:
 
 def score_rpcs(server: ServerHandle) -> int:
     """Score RPCs the server answered OK, from its own Prometheus registry."""
-    value = server.server.metrics.registry.get_sample_value("rpp_reward_requests_total", {"method": "Score", "code": "OK"})
+    value = server.server.metrics.registry.get_sample_value(
+        "rpp_reward_requests_total", {"method": "Score", "code": "OK"}
+    )
     return int(value or 0)
 
 
@@ -136,7 +138,9 @@ def test_closing_the_client_ends_every_call_with_client_closed(moment: str) -> N
     with start_in_thread(SlowAsyncScorer(delay_s=1.0), ServerConfig(metrics_port=None)) as server:
 
         async def run() -> list:
-            client = RewardClient(server.address, max_in_flight=1, merge_samples=0 if moment == "unmerged-waiting" else 64)
+            client = RewardClient(
+                server.address, max_in_flight=1, merge_samples=0 if moment == "unmerged-waiting" else 64
+            )
             await client.get_info()
             first = asyncio.ensure_future(client.score([Sample("first", "", "r")]))
             await asyncio.sleep(0)  # the first call takes the only slot

@@ -39,7 +39,10 @@ def test_rpp_reward_server_passes_every_rule(kind, capsys):
         os.environ["RPP_CONFORMANCE_TOKEN"] = "s3cret"
         assert main([handle.address, "--kind", kind, "--token-env", "RPP_CONFORMANCE_TOKEN"]) == 0
         out = capsys.readouterr().out
-        assert "0 MUST rule(s) failed, 0 SHOULD rule(s) failed" in out and "PASS  MUST    score.one_result_per_sample" in out
+        assert (
+            "0 MUST rule(s) failed, 0 SHOULD rule(s) failed" in out
+            and "PASS  MUST    score.one_result_per_sample" in out
+        )
     finally:
         handle.stop()
 

@@ -18,7 +18,9 @@ ROWS = [
 def test_parquet_rows_load_like_jsonl(tmp_path):
     datasets = pytest.importorskip("datasets")  # in the dev extra; parquet is read through it
     parquet = tmp_path / "prompts.parquet"
-    datasets.Dataset.from_list([{**r, "answer": None if r["answer"] is None else str(r["answer"])} for r in ROWS]).to_parquet(str(parquet))
+    datasets.Dataset.from_list(
+        [{**r, "answer": None if r["answer"] is None else str(r["answer"])} for r in ROWS]
+    ).to_parquet(str(parquet))
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
 

@@ -55,7 +55,9 @@ def compute(batch: dict[str, torch.Tensor], rows: slice, micro_batches: list[sli
     num_tokens = global_token_count([part["mask"][mb] for mb in micro_batches], group)
     total = torch.zeros((), dtype=torch.float64)
     for mb in micro_batches:
-        loss, _ = policy_loss(logp[mb], part["old_logp"][mb], adv.advantages[mb], part["mask"][mb], num_tokens=num_tokens)
+        loss, _ = policy_loss(
+            logp[mb], part["old_logp"][mb], adv.advantages[mb], part["mask"][mb], num_tokens=num_tokens
+        )
         loss.backward()
         total += loss.detach().double()
     return {

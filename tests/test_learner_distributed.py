@@ -50,7 +50,9 @@ def test_two_processes_equal_one(tmp_path):
     with reward_services() as services:
         cfg = run_config(
             tmp_path, policy_dir, services,
-            rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 2},
+            rollout={
+                "prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 2,
+            },
             optim={"lr": 1e-3, "mini_batch_size": 8, "micro_batch_size": 2},
             logging={"progress_bar": False, "tensorboard": False, "plot": False, "save_rollouts": True},
         )

@@ -78,7 +78,9 @@ def test_trainer_baseline_excludes_failed_samples(tmp_path, policy_dir):
             logging={"progress_bar": False, "tensorboard": False, "plot": False, "save_rollouts": True},
             rewards={"max_failure_fraction": 0.5},
             algo={"estimator": "reinforce_pp_baseline", "kl_coef": 0.0},
-            rollout={"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 2},
+            rollout={
+                "prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 2,
+            },
             optim={"mini_batch_size": 8, "micro_batch_size": 4},
         ))
         with Trainer(cfg) as trainer:
@@ -91,5 +93,7 @@ def test_trainer_baseline_excludes_failed_samples(tmp_path, policy_dir):
         baseline = outcome[rows][valid[rows]].mean()
         for i in rows[valid[rows]].tolist():
             last = int(saved["mask"][i].sum()) - 1
-            assert saved["dense_rewards"][i, last].item() == pytest.approx(outcome[i].item() - baseline.item(), abs=1e-6)
+            assert saved["dense_rewards"][i, last].item() == pytest.approx(
+                outcome[i].item() - baseline.item(), abs=1e-6
+            )
         assert saved["mask"][rows[~valid[rows]]].sum() == 0

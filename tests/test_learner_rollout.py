@@ -55,7 +55,9 @@ def test_chat_template_and_prompt_order(policy):
     _, tok = policy
     ids = encode_prompt(tok, "hi", apply_chat_template=True, system_prompt="be brief", max_tokens=512)
     assert tok.decode(ids) == "<|system|>be brief\n<|user|>hi\n<|assistant|>"
-    assert encode_prompt(tok, "hi", apply_chat_template=False, system_prompt=None, max_tokens=512) == tok("hi")["input_ids"]
+    assert encode_prompt(
+        tok, "hi", apply_chat_template=False, system_prompt=None, max_tokens=512
+    ) == tok("hi")["input_ids"]
     assert len(encode_prompt(tok, "what is 12 + 7?", apply_chat_template=False, system_prompt=None, max_tokens=3)) == 3
     order = PromptOrder(5, seed=1)
     first_epoch = order.indices(0, 5)
@@ -76,5 +78,7 @@ def test_sampler_logprobs_survive_the_chunk_join_and_measure_the_gap():
     metrics = sampler_mismatch_metrics(joined, policy)
     assert metrics["rollout/sampler_logprob_gap"] == pytest.approx((0.5 + 0.5) / 4)
     assert metrics["rollout/sampler_logprob_gap_max"] == pytest.approx(0.5)
-    hf_like = concat_batches([a, RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, b.truncated)], 0)
+    hf_like = concat_batches(
+        [a, RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, b.truncated)], 0
+    )
     assert hf_like.sampler_logprobs is None and sampler_mismatch_metrics(hf_like, policy) == {}

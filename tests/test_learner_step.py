@@ -153,7 +153,8 @@ def test_known_sample_prm_scores_land_at_step_end_tokens(policy_dir, services):
         AdvantageInputs(
             mask=mask, kl=torch.zeros(1, len(tokens)), outcome=torch.zeros(1),
             step_token_index=scored.step_token_index, step_scores=scored.step_scores,
-            step_weights=scored.step_weights, group_index=torch.zeros(1, dtype=torch.long), truncated=torch.zeros(1, dtype=torch.bool),
+            step_weights=scored.step_weights, group_index=torch.zeros(1, dtype=torch.long),
+            truncated=torch.zeros(1, dtype=torch.bool),
         ),
         kl_coef=0.0,
         process_coef=1.0,
@@ -177,7 +178,9 @@ def test_each_generated_chunk_is_scored_while_the_next_ones_generate(tmp_path, p
     with reward_services(outcome="digit_share_recording_arrival", process=False, isolation="thread") as handles:
         cfg = build(run_config(
             tmp_path, policy_dir, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False},
-            rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 1},
+            rollout={
+                "prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 1,
+            },
         ))
         with Trainer(cfg) as trainer:
             generated_at: list[float] = []

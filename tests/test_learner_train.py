@@ -36,7 +36,9 @@ def test_toy_reward_rises(tmp_path, policy_dir, estimator, algo):
         cfg = build(run_config(
             tmp_path, policy_dir, services, total_steps=20, logging=QUIET,
             algo={"estimator": estimator, **algo},
-            rollout={"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 4},
+            rollout={
+                "prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8, "generation_batch_prompts": 4,
+            },
             optim={"lr": 5e-3, "mini_batch_size": 8, "micro_batch_size": 8},
         ))
         with Trainer(cfg) as trainer:

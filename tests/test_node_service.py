@@ -77,7 +77,9 @@ def test_node_service_passes_conformance(node_services, kind):
         outcomes = run_checks(Context(channel, metadata, 60.0, "node-token"), kind)
     table = format_table(outcomes)
     assert not [o.rule for o in outcomes if o.passed is False], table
-    assert {o.rule for o in outcomes if o.passed} >= {"score.one_result_per_sample", "health.service_name", "reflection.v1"}
+    assert {o.rule for o in outcomes if o.passed} >= {
+        "score.one_result_per_sample", "health.service_name", "reflection.v1"
+    }
 
 
 def test_rpp_train_against_the_node_services(tmp_path, node_services):
@@ -89,7 +91,9 @@ def test_rpp_train_against_the_node_services(tmp_path, node_services):
     for service in cfg["rewards"]["services"]:
         service["token"] = "node-token"
     with Trainer(config_from_dict(cfg)) as trainer:
-        assert {i.model_name for i in trainer.service_infos.values()} == {"node-last-number-check", "node-addition-checker"}
+        assert {i.model_name for i in trainer.service_infos.values()} == {
+            "node-last-number-check", "node-addition-checker"
+        }
         trainer.train()
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"reward/outcome"' in line]

@@ -25,7 +25,9 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
 
 def test_every_field_enum_value_and_rpc_is_commented() -> None:
     lines = PROTO.read_text().splitlines()
-    declaration = re.compile(r"^\s*(?:optional |repeated )?(?:map<[^>]+>|[\w.]+) \w+ = \d+;|^\s*[A-Z_]+ = \d+;|^\s*rpc ")
+    declaration = re.compile(
+        r"^\s*(?:optional |repeated )?(?:map<[^>]+>|[\w.]+) \w+ = \d+;|^\s*[A-Z_]+ = \d+;|^\s*rpc "
+    )
     undocumented = [
         line.strip() for i, line in enumerate(lines)
         if declaration.match(line) and not lines[i - 1].strip().startswith("//")

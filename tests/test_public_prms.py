@@ -331,7 +331,9 @@ def test_a_wrong_num_labels_is_refused(tmp_path, qwen_prm):
 def test_a_head_of_the_wrong_shape_is_named(tmp_path, qwen_prm):
     path, config, weights, tok = qwen_prm
     h = config["hidden_size"]
-    write_checkpoint(tmp_path, config, weights | {"score.2.weight": torch.zeros(3, h), "score.2.bias": torch.zeros(3)}, tok)
+    write_checkpoint(
+        tmp_path, config, weights | {"score.2.weight": torch.zeros(3, h), "score.2.bias": torch.zeros(3)}, tok
+    )
     with pytest.raises(ValueError, match=r"mis-shaped .*score\.2\.bias"):
         build_scorer("prm", model=str(tmp_path))
 
@@ -395,7 +397,9 @@ def test_rpp_train_takes_dense_credit_from_a_served_public_prm(tmp_path, qwen_pr
     prm = build_scorer("prm", model=str(qwen_prm[0]), dtype="float32")
     with reward_services(process=False) as handles, start_in_thread(prm, ServerConfig(metrics_port=None)) as served:
         handles["process"] = served
-        cfg = build(run_config(tmp_path, policy, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False}))
+        cfg = build(run_config(
+            tmp_path, policy, handles, logging={"progress_bar": False, "tensorboard": False, "plot": False}
+        ))
         with Trainer(cfg) as trainer:
             assert trainer.service_infos["prm"].input_format == "qwen2.5-math-prm"
             metrics = trainer.train()["last"]

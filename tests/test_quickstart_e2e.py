@@ -17,7 +17,10 @@ def test_fast_quickstart_trains_against_real_grpc_services(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quickstart", "--fast", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
+        [
+            sys.executable, "-m", "quickstart", "--fast", "--output-dir", str(out),
+            "--cache-dir", str(tmp_path / "cache"),
+        ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

@@ -69,7 +69,10 @@ def test_vllm_decodes_what_the_trained_policy_decodes_after_every_step(tmp_path,
     policy_dir = build_tiny_policy(tmp_path / "policy", hidden_size=128, tie_word_embeddings=tied)
     cfg = _config(tmp_path, policy_dir, services)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    _run([sys.executable, "-m", "tests.helpers.vllm_sync_train", str(tmp_path / "run.yaml"), str(tmp_path / "checks.json")])
+    _run([
+        sys.executable, "-m", "tests.helpers.vllm_sync_train",
+        str(tmp_path / "run.yaml"), str(tmp_path / "checks.json"),
+    ])
     checks = json.loads((tmp_path / "checks.json").read_text())
     assert [c["step"] for c in checks] == list(range(STEPS + 1))
     for check in checks:  # whole responses, 6 prompts x 2 greedy copies each
@@ -89,7 +92,8 @@ def test_two_processes_under_accelerate_launch(tmp_path, services):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     proc = _run([
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rpp_learner", "--config", str(tmp_path / "run.yaml"),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rpp_learner",
+        "--config", str(tmp_path / "run.yaml"),
     ])
     assert "rpp-train: 2 process" in proc.stdout, proc.stdout[-2000:]
     gaps = _gaps(tmp_path / "run")

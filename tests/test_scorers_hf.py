@@ -203,7 +203,9 @@ def test_prm_refuses_marker_count_mismatch(causal_path):
 
 def test_too_long_sample_is_a_per_sample_error(outcome_path):
     scorer = HFOutcomeScorer(HFOutcomeConfig(model=str(outcome_path), max_length=16))
-    results = run(scorer, [Sample(id="long", prompt="p", response="x " * 40), Sample(id="ok", prompt="p", response="4")])
+    results = run(
+        scorer, [Sample(id="long", prompt="p", response="x " * 40), Sample(id="ok", prompt="p", response="4")]
+    )
     assert results[0].error.code == "INVALID_SAMPLE" and "max_length 16" in results[0].error.message
     assert results[1].ok and results[1].outcome is not None
 

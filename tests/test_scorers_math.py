@@ -94,5 +94,8 @@ def test_a_math_bomb_costs_its_own_deadline_and_its_worker_is_replaced():
 
 
 def test_importing_the_checker_does_not_import_torch():
-    code = "import sys, reward_server.scorers.math_answer, reward_server.scorers.user_function; print('torch' in sys.modules)"
+    code = (
+        "import sys, reward_server.scorers.math_answer, reward_server.scorers.user_function; "
+        "print('torch' in sys.modules)"
+    )
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"

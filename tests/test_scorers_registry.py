@@ -9,7 +9,11 @@ from reward_server.scorers.math_answer import MathAnswerScorer
 
 
 def test_unknown_scorer_and_unknown_option_list_the_valid_ones():
-    with pytest.raises(ValueError, match="valid scorers: hf-outcome, prm, prm-qwen, prm-skywork, prm-rlhflow, prm-classifier, prm-causal, math-answer, user"):
+    with pytest.raises(
+        ValueError,
+        match="valid scorers: hf-outcome, prm, prm-qwen, prm-skywork, prm-rlhflow, "
+        "prm-classifier, prm-causal, math-answer, user",
+    ):
         build_scorer("hf-outcomes")
     with pytest.raises(ValueError, match="unknown option\\(s\\) 'temprature'.*valid options: correct_score"):
         build_scorer("math-answer", temprature=1.0)

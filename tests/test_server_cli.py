@@ -43,7 +43,10 @@ def test_a_busy_port_is_one_clear_line(tmp_path):
     try:
         port = ready[0]["address"].rsplit(":", 1)[1]
         second = subprocess.run(
-            [sys.executable, "-m", "reward_server.cli", "--scorer", "math-answer", "--port", port, "--metrics-port", "-1"],
+            [
+                sys.executable, "-m", "reward_server.cli", "--scorer", "math-answer",
+                "--port", port, "--metrics-port", "-1",
+            ],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
     finally:

@@ -108,7 +108,9 @@ def test_a_huge_return_value_is_a_short_bad_score(functions):
     with start_in_thread(UserFunctionScorer(f"{functions}:huge"), ServerConfig(metrics_port=None)) as server:
         client = BlockingRewardClient(server.address, timeout_s=60)
         try:
-            bad, good = client.score([Sample(id="b", prompt="q", response="bad"), Sample(id="g", prompt="q", response="x")])
+            bad, good = client.score(
+                [Sample(id="b", prompt="q", response="bad"), Sample(id="g", prompt="q", response="x")]
+            )
         finally:
             client.close()
     assert bad.error.code == "BAD_SCORE" and len(bad.error.message) < 400 and "..." in bad.error.message
@@ -127,14 +129,19 @@ def test_340k_steps_are_split_while_other_calls_are_answered(tmp_path, functions
     try:
         client.score([Sample(id="warm", prompt="q", response="a\n\nb")])  # workers started
         done: dict[str, object] = {}
-        big = threading.Thread(target=lambda: done.update(r=big_client.score([Sample(id="big", prompt="q", response=response)])))
+        big = threading.Thread(
+            target=lambda: done.update(r=big_client.score([Sample(id="big", prompt="q", response=response)]))
+        )
         big.start()
         latencies = []
         with grpc.insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while big.is_alive() and len(latencies) < 100:
                 started = time.perf_counter()
-                assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+                assert (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
                 [small] = client.score([Sample(id=f"small{len(latencies)}", prompt="q", response="ab\n\ncd")])
                 assert [s.score for s in small.steps] == [2.0, 2.0]
                 latencies.append(time.perf_counter() - started)

@@ -45,7 +45,9 @@ def test_drain_turns_health_off_refuses_new_calls_and_finishes_in_flight_ones() 
                 return reply.status
 
             assert await status(SERVICE_NAME) == SERVING and await status("") == SERVING
-            in_flight = asyncio.ensure_future(stub.Score(pb.ScoreRequest(samples=[pb.Sample(id="slow", response="abc")]), timeout=20))
+            in_flight = asyncio.ensure_future(
+                stub.Score(pb.ScoreRequest(samples=[pb.Sample(id="slow", response="abc")]), timeout=20)
+            )
             await asyncio.sleep(0.3)  # the call is now inside the scorer
             drain = asyncio.ensure_future(asyncio.to_thread(server.stop))
             await asyncio.sleep(0.2)

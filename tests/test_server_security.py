@@ -40,7 +40,8 @@ def test_tls_server_is_reachable_only_over_tls(pki: dict[str, str]) -> None:
 
 def test_mtls_requires_a_client_certificate(pki: dict[str, str]) -> None:
     config = ServerConfig(
-        tls_cert_file=pki["server_cert"], tls_key_file=pki["server_key"], tls_client_ca_file=pki["ca"], metrics_port=None
+        tls_cert_file=pki["server_cert"], tls_key_file=pki["server_key"], tls_client_ca_file=pki["ca"],
+        metrics_port=None,
     )
     with start_in_thread(LengthScorer(), config) as server:
         with_cert = TLSConfig(ca_file=pki["ca"], cert_file=pki["client_cert"], key_file=pki["client_key"])

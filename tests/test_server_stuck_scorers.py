@@ -196,7 +196,9 @@ def test_a_math_bomb_does_not_hold_other_callers_hostage(tmp_path):
     try:
         client.score([Sample(id="warm", prompt="q", response="Answer: 1", reference="1")])
         with ThreadPoolExecutor(1) as pool:
-            bomb = pool.submit(bomb_client.score, [Sample(id="bomb", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")])
+            bomb = pool.submit(
+                bomb_client.score, [Sample(id="bomb", prompt="q", response="Answer: $9^{9^{9^{9}}}$", reference="3")]
+            )
             time.sleep(0.5)
             for i in range(14):
                 [result] = client.score([Sample(id=f"g{i}", prompt="q", response=f"Answer: {i}", reference=str(i))])

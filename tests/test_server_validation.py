@@ -35,8 +35,14 @@ BAD_REQUESTS = [
     (request(*[pb.Sample(id=str(i)) for i in range(9)]), "9 samples exceed this server's limit of 8"),
     (request(pb.Sample(id="a"), pb.Sample(response="x")), "samples[1].id: missing"),
     (request(pb.Sample(id="a"), pb.Sample(id="b"), pb.Sample(id="a")), "samples[2].id: 'a' duplicates samples[0].id"),
-    (request(pb.Sample(id="a", response=TEXT, steps=spans((0, 14)))), "samples[0] (id='a').steps[0]: span [0, 14) is out of range; the response has 13 UTF-8 bytes"),
-    (request(pb.Sample(id="a", response=TEXT, steps=spans((0, 6), (5, 9)))), "samples[0] (id='a').steps[1]: span [5, 9) overlaps"),
+    (
+        request(pb.Sample(id="a", response=TEXT, steps=spans((0, 14)))),
+        "samples[0] (id='a').steps[0]: span [0, 14) is out of range; the response has 13 UTF-8 bytes",
+    ),
+    (
+        request(pb.Sample(id="a", response=TEXT, steps=spans((0, 6), (5, 9)))),
+        "samples[0] (id='a').steps[1]: span [5, 9) overlaps",
+    ),
     (request(pb.Sample(id="a", response=TEXT, steps=spans((3, 3)))), "steps[0]: span [3, 3) is empty"),
     (request(pb.Sample(id="ok", response="x"), pb.Sample(id="z", response=TEXT, steps=spans((0, 2)))),
      "samples[1] (id='z').steps[0]: span end 2 falls inside a multi-byte UTF-8 character"),

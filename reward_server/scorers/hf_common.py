@@ -41,12 +41,20 @@ class HFServingConfig:
 
     model: str = field(metadata={"help": "path (or hub id) of a save_pretrained directory"})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."})
-    device_map: str | None = field(default=None, metadata={"help": "spread a big model over devices ('auto', 'balanced', ...: accelerate's device_map); overrides device"})
-    dtype: str = field(default="auto", metadata={"help": "'auto' (the checkpoint's dtype, e.g. bfloat16), 'float32', 'bfloat16' or 'float16'"})
+    device_map: str | None = field(default=None, metadata={
+        "help": "spread a big model over devices ('auto', 'balanced', ...: accelerate's device_map); overrides device"
+    })
+    dtype: str = field(default="auto", metadata={
+        "help": "'auto' (the checkpoint's dtype, e.g. bfloat16), 'float32', 'bfloat16' or 'float16'"
+    })
     max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per model forward (memory bound)"})
     max_batch_samples: int = field(default=64, metadata={"help": "samples per model forward"})
-    max_length: int | None = field(default=None, metadata={"help": "longest input in tokens; default: the model's max_position_embeddings"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom code shipped with the checkpoint (never needed by rpp's native PRM loaders)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "longest input in tokens; default: the model's max_position_embeddings"
+    })
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow custom code shipped with the checkpoint (never needed by rpp's native PRM loaders)"
+    })
     model_name: str | None = field(default=None, metadata={"help": "name reported in GetInfo; default: the model path"})
 
     def __post_init__(self) -> None:
@@ -60,7 +68,9 @@ class HFServingConfig:
 class HFModelConfig(HFServingConfig):
     """Options of the scorers whose input text is ``prompt + separator + body`` or a chat."""
 
-    chat_template: bool = field(default=False, metadata={"help": "render prompt/response with the tokenizer's chat template"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "render prompt/response with the tokenizer's chat template"
+    })
     system_prompt: str | None = field(default=None, metadata={"help": "system message for the chat template"})
 
 

@@ -60,11 +60,15 @@ from reward_server.types import Result, RewardKind, Sample, StepScore
 @dataclass
 class StepTagClassifierConfig(HFModelConfig):
     step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps"})
-    separator_token: str = field(default="<extra_0>", metadata={"help": "token after every step, where scores are read"})
+    separator_token: str = field(default="<extra_0>", metadata={
+        "help": "token after every step, where scores are read"
+    })
     positive_label: int = field(default=1, metadata={"help": "label whose probability is the step score"})
     step_joiner: str = field(default="", metadata={"help": "text between a separator token and the next step"})
     prompt_separator: str = field(default="\n", metadata={"help": "text between prompt and steps (no chat template)"})
-    auto_class: str = field(default="token-classification", metadata={"help": "'token-classification' or 'auto' (custom heads)"})
+    auto_class: str = field(default="token-classification", metadata={
+        "help": "'token-classification' or 'auto' (custom heads)"
+    })
 
 
 @dataclass
@@ -73,8 +77,12 @@ class StepTagCausalLMConfig(HFModelConfig):
     step_tag: str = field(default=" ки", metadata={"help": "token after every step, where scores are read"})
     good_token: str = field(default="+", metadata={"help": "reward token meaning a correct step"})
     bad_token: str = field(default="-", metadata={"help": "reward token meaning a wrong step"})
-    step_tag_id: int | None = field(default=None, metadata={"help": "token id of the tag if it is not one token alone (Math-Shepherd: 12902)"})
-    good_token_id: int | None = field(default=None, metadata={"help": "token id of the good token (Math-Shepherd: 648)"})
+    step_tag_id: int | None = field(default=None, metadata={
+        "help": "token id of the tag if it is not one token alone (Math-Shepherd: 12902)"
+    })
+    good_token_id: int | None = field(default=None, metadata={
+        "help": "token id of the good token (Math-Shepherd: 648)"
+    })
     bad_token_id: int | None = field(default=None, metadata={"help": "token id of the bad token (Math-Shepherd: 387)"})
     step_joiner: str = field(default="\n", metadata={"help": "text between a step tag and the next step"})
     prompt_separator: str = field(default=" ", metadata={"help": "text between prompt and steps (no chat template)"})

@@ -36,9 +36,13 @@ class MathAnswerConfig:
     correct_score: float = field(default=1.0, metadata={"help": "score of a correct final answer"})
     incorrect_score: float = field(default=0.0, metadata={"help": "score of a wrong or missing final answer"})
     timeout_s: int = field(default=5, metadata={"help": "seconds per parse / comparison (math-verify's alarm)"})
-    timeout_score: float | None = field(default=None, metadata={"help": "score when a check times out; None: a TIMEOUT error"})
+    timeout_score: float | None = field(default=None, metadata={
+        "help": "score when a check times out; None: a TIMEOUT error"
+    })
     workers: int = field(default=2, metadata={"help": "worker processes running the checks"})
-    deadline_s: float = field(default=15.0, metadata={"help": "wall-clock limit of one sample's check; past it its worker is killed"})
+    deadline_s: float = field(default=15.0, metadata={
+        "help": "wall-clock limit of one sample's check; past it its worker is killed"
+    })
     model_name: str = field(default="math-verify", metadata={"help": "name reported in GetInfo"})
 
     def __post_init__(self) -> None:
@@ -143,7 +147,9 @@ class MathAnswerScorer(Scorer):
                 "compares the response's final answer with `reference`, so send one",
             )
         try:
-            check = await self._pool.run((sample.response, sample.reference, self.config.timeout_s), self.config.deadline_s)
+            check = await self._pool.run(
+                (sample.response, sample.reference, self.config.timeout_s), self.config.deadline_s
+            )
         except TaskTimeout:
             return self._timed_out(sample, f"the check did not finish within deadline_s={self.config.deadline_s:g}; "
                                            "its worker was killed and replaced")
@@ -167,7 +173,9 @@ class MathAnswerScorer(Scorer):
             metrics["answer_value"] = check.answer_value
         if check.timed_out:
             return self._timed_out(
-                sample, f"math-verify timed out after {self.config.timeout_s} s parsing or comparing the answer", metrics
+                sample,
+                f"math-verify timed out after {self.config.timeout_s} s parsing or comparing the answer",
+                metrics,
             )
         score = self.config.correct_score if check.correct else self.config.incorrect_score
         return Result(id=sample.id, outcome=score, metrics=metrics)

@@ -67,7 +67,9 @@ def detect_prm_format(model: str) -> tuple[str, str]:
     if "v_head.summary.weight" in weights:
         return "skywork-o1-prm", f"its weights hold v_head.summary (Skywork's value head); config.json names {named}"
     if {"score.0.weight", "score.2.weight"} <= weights:
-        return "qwen2.5-math-prm", f"its weights hold score.0/score.2 (Qwen2.5-Math-PRM's head); config.json names {named}"
+        return "qwen2.5-math-prm", (
+            f"its weights hold score.0/score.2 (Qwen2.5-Math-PRM's head); config.json names {named}"
+        )
     if any(a.endswith("ForTokenClassification") for a in architectures):
         return "step-tag-classifier", f"config.json names {named}, a token-classification head"
     if any(a.endswith("ForCausalLM") for a in architectures):

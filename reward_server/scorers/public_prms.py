@@ -47,21 +47,31 @@ from reward_server.scorers.prm_models import (
 
 @dataclass
 class QwenMathPRMConfig(HFServingConfig):
-    step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps (Qwen: blank lines)"})
-    system_prompt: str | None = field(default=QWEN_PRM_SYSTEM_PROMPT, metadata={"help": "system message (the model card's by default); None: no system turn"})
-    separator_token: str = field(default="<extra_0>", metadata={"help": "token that ends every step, where scores are read"})
+    step_separator: str = field(default="\n\n", metadata={
+        "help": "splits responses sent without steps (Qwen: blank lines)"
+    })
+    system_prompt: str | None = field(default=QWEN_PRM_SYSTEM_PROMPT, metadata={
+        "help": "system message (the model card's by default); None: no system turn"
+    })
+    separator_token: str = field(default="<extra_0>", metadata={
+        "help": "token that ends every step, where scores are read"
+    })
 
 
 @dataclass
 class SkyworkPRMConfig(HFServingConfig):
     step_separator: str = field(default="\n", metadata={"help": "splits responses sent without steps (Skywork: lines)"})
     step_token: str = field(default="\n", metadata={"help": "token appended after every step, where scores are read"})
-    bos_token: str | None = field(default=None, metadata={"help": "text put before the problem; default: the tokenizer's bos_token"})
+    bos_token: str | None = field(default=None, metadata={
+        "help": "text put before the problem; default: the tokenizer's bos_token"
+    })
 
 
 @dataclass
 class RLHFlowPRMConfig(HFServingConfig):
-    step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps (Deepseek data: blank lines)"})
+    step_separator: str = field(default="\n\n", metadata={
+        "help": "splits responses sent without steps (Deepseek data: blank lines)"
+    })
     good_token: str = field(default="+", metadata={"help": "the assistant reply meaning a correct step"})
     bad_token: str = field(default="-", metadata={"help": "the reply meaning a wrong step"})
 
@@ -92,7 +102,9 @@ class QwenMathPRM(ProcessHFScorer):
             self.tokenizer, prompt, steps, self.config.system_prompt, self.config.separator_token, self.separator_id
         )
 
-    def read_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+    def read_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor
+    ) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask)  # [B, T, 2]
         return logits[read_mask].float().softmax(dim=-1)[:, 1]
 
@@ -119,7 +131,9 @@ class SkyworkPRM(ProcessHFScorer):
     def build_input(self, prompt: str, steps: list[str]) -> PRMInput:
         return skywork_prm_input(self.tokenizer, prompt, steps, self.bos_token, self.step_token_id)
 
-    def read_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+    def read_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor
+    ) -> torch.Tensor:
         values = self.model(input_ids=input_ids, attention_mask=attention_mask)  # [B, T], float32
         return torch.sigmoid(values[read_mask].float())
 
@@ -148,6 +162,8 @@ class RLHFlowPRM(ProcessHFScorer):
     def build_input(self, prompt: str, steps: list[str]) -> PRMInput:
         return rlhflow_prm_input(self.tokenizer, prompt, steps, self.config.good_token, self.good_id)
 
-    def read_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+    def read_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_mask: torch.Tensor
+    ) -> torch.Tensor:
         logits = self._next_token_logits(input_ids, attention_mask, read_mask)  # [N, vocab]
         return logits[:, self.reward_token_ids].float().softmax(dim=-1)[:, 0]

@@ -64,11 +64,17 @@ ASYNC_TASKS_PER_WORKER = 64  # samples an async def function handles at once in 
 @dataclass
 class UserFunctionConfig:
     function: str = field(metadata={"help": "'package.module:function' or 'path/to/file.py:function'"})
-    kind: str = field(default="outcome", metadata={"help": "'outcome' (returns a float) or 'process' (a float per step)"})
+    kind: str = field(default="outcome", metadata={
+        "help": "'outcome' (returns a float) or 'process' (a float per step)"
+    })
     step_separator: str = field(default="\n\n", metadata={"help": "splits responses sent without steps (process)"})
-    isolation: str = field(default="process", metadata={"help": "'process': worker processes, a stuck call is killed after timeout_s; 'thread': in the server process"})
+    isolation: str = field(default="process", metadata={
+        "help": "'process': worker processes, a stuck call is killed after timeout_s; 'thread': in the server process"
+    })
     workers: int = field(default=4, metadata={"help": "worker processes (isolation=process): samples scored at once"})
-    timeout_s: float = field(default=30.0, metadata={"help": "seconds one sample may take (isolation=process) before its worker is killed"})
+    timeout_s: float = field(default=30.0, metadata={
+        "help": "seconds one sample may take (isolation=process) before its worker is killed"
+    })
 
 
 def load_function(spec: str) -> Callable[..., Any]:
@@ -154,12 +160,16 @@ class UserFunctionScorer(Scorer):
         # Batches go to free workers while another batch waits for a slow sample.
         self.max_concurrent_batches = workers if self._pool is not None else 1
         self._threads = (
-            concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="user-function") if self._pool is None else None
+            concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="user-function")
+            if self._pool is None
+            else None
         )
 
     @classmethod
     def from_config(cls, config: UserFunctionConfig) -> UserFunctionScorer:
-        return cls(config.function, config.kind, config.step_separator, config.isolation, config.workers, config.timeout_s)
+        return cls(
+            config.function, config.kind, config.step_separator, config.isolation, config.workers, config.timeout_s
+        )
 
     def close(self) -> None:
         """Stop the worker processes (also done at exit)."""
@@ -185,11 +195,15 @@ class UserFunctionScorer(Scorer):
         try:
             value = await self._call(args)
         except TaskTimeout as exc:
-            return error_result(sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: user function {self.spec!r} {exc}")
+            return error_result(
+                sample.id, TIMEOUT, f"sample {short_repr(sample.id)}: user function {self.spec!r} {exc}"
+            )
         except (TaskFailed, Exception) as exc:  # noqa: BLE001 - the user's bug is reported per sample
             detail = str(exc) if isinstance(exc, TaskFailed) else f"{type(exc).__name__}: {exc}"
             return error_result(
-                sample.id, SCORER_FAILED, f"sample {short_repr(sample.id)}: user function {self.spec!r} raised {detail[:500]}"
+                sample.id,
+                SCORER_FAILED,
+                f"sample {short_repr(sample.id)}: user function {self.spec!r} raised {detail[:500]}",
             )
         if self.kind is RewardKind.OUTCOME:
             return self._outcome_result(sample, value)

@@ -118,7 +118,9 @@ def register_estimator(
 
     def add(fn: EstimatorFn) -> EstimatorFn:
         if name in ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered (by {ESTIMATORS[name].fn.__module__})")
+            raise ValueError(
+                f"advantage estimator {name!r} is already registered (by {ESTIMATORS[name].fn.__module__})"
+            )
         ESTIMATORS[name] = Estimator(fn, whiten_by_default, needs_groups, dense, dict(defaults or {}))
         return fn
 

@@ -28,7 +28,9 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 _LOG_RATIO_LIMIT = 20.0
 
 
-def global_token_count(masks: torch.Tensor | list[torch.Tensor], group: dist.ProcessGroup | None = None) -> torch.Tensor:
+def global_token_count(
+    masks: torch.Tensor | list[torch.Tensor], group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """Number of valid tokens in ``masks`` (one mask or the micro-batches of a step),
     summed over ranks. Pass it as ``num_tokens`` to every micro-batch's loss."""
     masks = [masks] if isinstance(masks, torch.Tensor) else masks

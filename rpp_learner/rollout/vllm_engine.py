@@ -61,7 +61,9 @@ def kv_cache_bytes_for_step(cfg: Config, model_config, processes: int) -> int:
     tokens = rows * (cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
     heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
-    per_token = 2 * model_config.num_hidden_layers * heads * head_dim * torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
+    per_token = (
+        2 * model_config.num_hidden_layers * heads * head_dim * torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
+    )
     return max(int(tokens * per_token * 1.25), 64 * 2**20)
 
 
@@ -79,7 +81,9 @@ class _ExpectedReloadWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (
-            record.msg == "%s: Failed to load weights" and record.args and record.args[0] in ("RotaryEmbedding", "ParallelLMHead")
+            record.msg == "%s: Failed to load weights"
+            and record.args
+            and record.args[0] in ("RotaryEmbedding", "ParallelLMHead")
         )
 
 
@@ -94,7 +98,9 @@ def _refresh_tied_output_layer(model: torch.nn.Module) -> int:
     )
 
     embeddings = {
-        id(m.weight) for m in model.modules() if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
     }
     refreshed = 0
     for module in model.modules():
@@ -186,7 +192,9 @@ class VLLMRolloutEngine(RolloutEngine):
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=sampling, use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], sampling_params=sampling, use_tqdm=False
+        )
         completions = [c for out in outputs for c in out.outputs for _ in range(params.n // n_draws)]
         responses = [list(c.token_ids) for c in completions]
         # vLLM stops at the first EOS and keeps it, so every returned token is valid.

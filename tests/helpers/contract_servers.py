@@ -139,14 +139,18 @@ class ContractServicer(reward_pb2_grpc.RewardServiceServicer):
         if size > MAX_SAMPLE_BYTES:
             if self.flaw == "whole_call_fails_on_big_sample":
                 context.abort(grpc.StatusCode.INTERNAL, "sample too big")
-            return pb.SampleResult(id=s.id, error=pb.SampleError(code="INVALID_SAMPLE", message=f"{s.id}: {size} bytes"))
+            return pb.SampleResult(
+                id=s.id, error=pb.SampleError(code="INVALID_SAMPLE", message=f"{s.id}: {size} bytes")
+            )
         value = math.nan if self.flaw == "nan_score" else sum(c.isdigit() for c in s.response) / max(len(s.response), 1)
         result = pb.SampleResult(id=s.id)
         if self.kind == "outcome":
             result.outcome = value
         else:
             given = [(x.start, x.end) for x in s.steps]
-            for start, end in split(s.response, self.flaw) if not given or self.flaw == "ignores_given_steps" else given:
+            for start, end in (
+                split(s.response, self.flaw) if not given or self.flaw == "ignores_given_steps" else given
+            ):
                 result.steps.add(span=pb.Span(start=start, end=end), score=value)
         if self.flaw == "error_with_score":
             result.error.code, result.error.message = "SCORER_FAILED", "and yet a score"
@@ -154,13 +158,17 @@ class ContractServicer(reward_pb2_grpc.RewardServiceServicer):
 
 
 @contextlib.contextmanager
-def contract_server(kind: str, flaw: str | None = None, token: str | None = None) -> Iterator[tuple[str, ContractServicer]]:
+def contract_server(
+    kind: str, flaw: str | None = None, token: str | None = None
+) -> Iterator[tuple[str, ContractServicer]]:
     """A running server on a loopback port: its address and its servicer (``busy_calls``,
     ``score_calls``)."""
     if flaw is not None and flaw not in FLAWS:
         raise ValueError(f"unknown flaw {flaw!r}")
     # gRPC's default receive limit (4 MiB) unless the server states more and means it.
-    options = [] if flaw in ("zero_limits", "overstated_request_bytes") else [("grpc.max_receive_message_length", 4 << 20)]
+    options = (
+        [] if flaw in ("zero_limits", "overstated_request_bytes") else [("grpc.max_receive_message_length", 4 << 20)]
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
     servicer = ContractServicer(kind, flaw, token)
     reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)

@@ -108,7 +108,13 @@ def run_config(tmp_path: Path, policy_dir: Path, handles: dict[str, ServerHandle
     services = [{"name": "outcome", "kind": "outcome", "targets": outcome_targets, "timeout_s": 10.0}]
     if "process" in handles:
         services.append(
-            {"name": "prm", "kind": "process", "targets": [handles["process"].address], "weight": 0.5, "timeout_s": 10.0}
+            {
+                "name": "prm",
+                "kind": "process",
+                "targets": [handles["process"].address],
+                "weight": 0.5,
+                "timeout_s": 10.0,
+            }
         )
     cfg = {
         "model": {"path": str(policy_dir)},

@@ -45,7 +45,8 @@ def main(model_dir: str, out_path: str) -> None:
         "prompt_tokens": sum(len(p) for p in prompts[:80]) * 4,
         "sampled": rows(first), "sampled_again": rows(again), "sampled_tail": rows(tail),
         "gap_rows_filled": int((first.sampler_logprobs < 0).sum()), "tokens": int(first.response_mask.sum()),
-        "greedy_vllm": rows(engine.generate(prompts, greedy, seed=0)), "greedy_hf": rows(hf.generate(prompts, greedy, seed=0)),
+        "greedy_vllm": rows(engine.generate(prompts, greedy, seed=0)),
+        "greedy_hf": rows(hf.generate(prompts, greedy, seed=0)),
     }
     with open(out_path, "w") as f:
         json.dump(out, f)

@@ -35,7 +35,9 @@ def main(config_path: str, out_path: str) -> None:
             checks.append({
                 "step": trainer.step,
                 "vllm": [row[m.bool()].tolist() for row, m in zip(ours.response_ids, ours.response_mask, strict=True)],
-                "hf": [row[m.bool()].tolist() for row, m in zip(theirs.response_ids, theirs.response_mask, strict=True)],
+                "hf": [
+                    row[m.bool()].tolist() for row, m in zip(theirs.response_ids, theirs.response_mask, strict=True)
+                ],
             })
     with open(out_path, "w") as f:
         json.dump(checks, f)
