@@ -6,7 +6,7 @@ choices the contract allows (health only for "", limits left at 0, busy with pus
 from __future__ import annotations
 
 import asyncio
-import os
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,7 +27,7 @@ def check(address: str, token: str | None = None, kind: str | None = None):
 
 
 @pytest.mark.parametrize("kind", ["outcome", "process"])
-def test_rpp_reward_server_passes_every_rule(kind, capsys):
+def test_rpp_reward_server_passes_every_rule(kind, capsys, monkeypatch):
     scorer = outcome_scorer(isolation="thread") if kind == "outcome" else process_scorer()
     handle = start_in_thread(scorer, ServerConfig(metrics_port=None, token="s3cret"))
     try:
@@ -36,7 +36,7 @@ def test_rpp_reward_server_passes_every_rule(kind, capsys):
         assert not failed, table
         assert outcomes["auth.token_required"].passed and outcomes["reflection.v1"].passed, table
         # The command itself, as an implementer runs it: exit 0 and the table.
-        os.environ["RPP_CONFORMANCE_TOKEN"] = "s3cret"
+        monkeypatch.setenv("RPP_CONFORMANCE_TOKEN", "s3cret")
         assert main([handle.address, "--kind", kind, "--token-env", "RPP_CONFORMANCE_TOKEN"]) == 0
         out = capsys.readouterr().out
         assert (
@@ -146,3 +146,19 @@ def test_client_retries_busy_after_pushback_but_not_too_big():
             with pytest.raises(RewardServiceError, match="REQUEST_TOO_LARGE.*not retried") as info:
                 client.score(samples(150, size=40_000))  # 6 MB in one request: over 4 MiB
         assert info.value.code == "REQUEST_TOO_LARGE"
+
+
+def test_the_command_checks_a_server_over_mtls_with_a_token(tmp_path, monkeypatch, capsys):
+    from tests.serving_helpers import LengthScorer, write_test_pki
+
+    pki = write_test_pki(Path(tmp_path))
+    config = ServerConfig(tls_cert_file=pki["server_cert"], tls_key_file=pki["server_key"],
+                          tls_client_ca_file=pki["ca"], token="tls-token", metrics_port=None)
+    monkeypatch.setenv("RPP_CONFORMANCE_TOKEN", "tls-token")
+    with start_in_thread(LengthScorer(), config) as server:
+        code = main([server.address, "--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"],
+                     "--tls-key", pki["client_key"], "--tls-server-name", "localhost",
+                     "--token-env", "RPP_CONFORMANCE_TOKEN"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASS  MUST    auth.token_required" in out and "0 MUST rule(s) failed" in out
