@@ -100,8 +100,11 @@ def rule(rule_id: str, level: str, text: str):
 
 
 def sample(i: int, response: str = "The answer is 4.", steps: list[tuple[int, int]] | None = None, **kw) -> pb.Sample:
+    """A sample with a prompt and a reference answer, so that verifiers which need one
+    (an answer checker) score it too; scorers that do not need it ignore it."""
     msg = pb.Sample(
-        id=kw.pop("id", f"conformance-{i}"), prompt=kw.pop("prompt", "What is 2 + 2?"), response=response, **kw
+        id=kw.pop("id", f"conformance-{i}"), prompt=kw.pop("prompt", "What is 2 + 2?"), response=response,
+        reference=kw.pop("reference", "4"), **kw,
     )
     for start, end in steps or []:
         msg.steps.add(start=start, end=end)
@@ -170,7 +173,7 @@ def check_order(ctx: Context):
 
 @rule("score.scores_finite", MUST, "a scored sample carries finite scores: outcome (OUTCOME) or one per step (PROCESS)")
 def check_scores(ctx: Context):
-    samples = [sample(k, r) for k, r in enumerate(TRICKY_RESPONSES)]
+    samples = [sample(k, r, reference="17") for k, r in enumerate(TRICKY_RESPONSES)]
     problems = []
     for s, r in zip(samples, ctx.score(samples).results, strict=False):
         if r.HasField("error"):
@@ -184,7 +187,8 @@ def check_scores(ctx: Context):
 
 @rule("score.error_excludes_scores", MUST, "a result with an error has no outcome and no steps")
 def check_error_exclusive(ctx: Context):
-    samples = [sample(k, r) for k, r in enumerate(TRICKY_RESPONSES)] + [_oversized(ctx, len(TRICKY_RESPONSES))]
+    samples = [sample(k, r, reference="17") for k, r in enumerate(TRICKY_RESPONSES)]
+    samples.append(_oversized(ctx, len(TRICKY_RESPONSES)))
     samples = [s for s in samples if s is not None]
     bad = [r.id for r in ctx.score(samples).results if r.HasField("error") and (r.HasField("outcome") or r.steps)]
     return not bad, f"results with both an error and scores: {bad}" if bad else "no result mixes both"

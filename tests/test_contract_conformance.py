@@ -26,9 +26,17 @@ def check(address: str, token: str | None = None, kind: str | None = None):
     return {o.rule: o for o in outcomes}, format_table(outcomes)
 
 
-@pytest.mark.parametrize("kind", ["outcome", "process"])
-def test_rpp_reward_server_passes_every_rule(kind, capsys, monkeypatch):
-    scorer = outcome_scorer(isolation="thread") if kind == "outcome" else process_scorer()
+@pytest.mark.parametrize("scorer_name", ["user-outcome", "user-process", "math-answer"])
+def test_rpp_reward_server_passes_every_rule(scorer_name, capsys, monkeypatch):
+    """A user function of each kind, and the answer checker (which needs a reference)."""
+    from reward_server.scorers.math_answer import MathAnswerConfig, MathAnswerScorer
+
+    scorer = {
+        "user-outcome": lambda: outcome_scorer(isolation="thread"),
+        "user-process": process_scorer,
+        "math-answer": lambda: MathAnswerScorer(MathAnswerConfig(workers=1)),
+    }[scorer_name]()
+    kind = "process" if scorer_name == "user-process" else "outcome"
     handle = start_in_thread(scorer, ServerConfig(metrics_port=None, token="s3cret"))
     try:
         outcomes, table = check(handle.address, token="s3cret", kind=kind)
