@@ -207,7 +207,6 @@ def assemble_scores(
     step_weight: list[list[float]] = [[] for _ in range(batch)]
     failures: dict[str, int] = {}
     errors: list[str] = []
-    means: dict[str, float] = {}
     step_counts: dict[str, list[int]] = {}
 
     def fail(i: int, svc: RewardServiceConfig, message: str) -> None:
@@ -220,7 +219,6 @@ def assemble_scores(
         per_sample = results[svc.name]
         if len(per_sample) != batch:
             raise ValueError(f"service {svc.name!r} returned {len(per_sample)} results for {batch} samples")
-        scores = []
         for i, res in enumerate(per_sample):
             if res.error is not None:
                 fail(i, svc, f"{res.error.code}: {res.error.message}")
@@ -229,12 +227,10 @@ def assemble_scores(
                     fail(i, svc, "no outcome score in the result")
                     continue
                 outcome[i] += svc.weight * res.outcome
-                scores.append(res.outcome)
             elif svc.reduce != "none":  # folded into the outcome: one number per response
                 values = [s.score for s in res.steps]  # a response with no step counts 0
                 if values:
                     outcome[i] += svc.weight * (sum(values) / len(values) if svc.reduce == "mean" else min(values))
-                scores.extend(values)
                 step_counts.setdefault(svc.name, []).append(len(res.steps))
             else:
                 try:
@@ -247,9 +243,7 @@ def assemble_scores(
                 step_index[i] += idx
                 step_value[i] += val
                 step_weight[i] += [svc.weight] * len(val)
-                scores.extend(s.score for s in res.steps)
                 step_counts.setdefault(svc.name, []).append(len(res.steps))
-        means[svc.name] = sum(scores) / len(scores) if scores else float("nan")
 
     for i in range(batch):  # an invalid sample contributes nothing anywhere
         if not valid[i]:
@@ -257,4 +251,7 @@ def assemble_scores(
             step_index[i], step_value[i], step_weight[i] = [], [], []
     index, value = pad_steps(step_index, step_value)
     _, weight = pad_steps(step_index, step_weight)
-    return ScoredBatch(outcome, index, value, valid, failures, errors, means, step_counts, weight)
+    return ScoredBatch(
+        outcome, index, value, valid,
+        failures=failures, first_errors=errors, step_counts=step_counts, step_weights=weight,
+    )
