@@ -59,14 +59,20 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
-async def while_busy(calls: list[list[Sample]], limit: int = 64) -> tuple[FakeService, list]:
-    """One call takes the only slot and is held there while ``calls`` arrive (so they are
-    merged); then the server answers. Returns the service and every call's outcome."""
+async def hold_the_slot() -> tuple[FakeService, CallMerger, asyncio.Future]:
+    """A service with one slot, held by a call ("x") that is not answered until ``gate`` opens."""
     service = FakeService()
     merger = service.merger()
     service.gate.clear()
     first = asyncio.ensure_future(service.call(merger, samples("x")))
     await asyncio.sleep(0)  # "x" holds the only slot
+    return service, merger, first
+
+
+async def while_busy(calls: list[list[Sample]], limit: int = 64) -> tuple[FakeService, list]:
+    """``calls`` arrive while the only slot is held (so they are merged); then the server
+    answers. Returns the service and every call's outcome, "x" first."""
+    service, merger, first = await hold_the_slot()
     waiting = [asyncio.ensure_future(service.call(merger, c, limit)) for c in calls]
     await asyncio.sleep(0)
     service.gate.set()
@@ -117,11 +123,7 @@ def test_a_server_fault_fails_every_merged_caller_once_each() -> None:
 
 def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
     async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("x")))
-        await asyncio.sleep(0)
+        service, merger, first = await hold_the_slot()
         leaving, staying = (asyncio.ensure_future(service.call(merger, samples(i))) for i in ("l", "s"))
         await asyncio.sleep(0)
         leaving.cancel()
@@ -135,11 +137,7 @@ def test_a_caller_that_leaves_does_not_disturb_the_others() -> None:
 @pytest.mark.parametrize("moment", ["waiting", "not-started"])
 def test_cancel_all_ends_every_merged_call_with_the_closed_error(moment: str) -> None:
     async def main():
-        service = FakeService()
-        merger = service.merger()
-        service.gate.clear()
-        first = asyncio.ensure_future(service.call(merger, samples("x")))
-        await asyncio.sleep(0)
+        service, merger, first = await hold_the_slot()
         waiting = [asyncio.ensure_future(service.call(merger, samples(f"c{k}"))) for k in range(3)]
         await asyncio.sleep(0 if moment == "not-started" else 0.01)
         merger.cancel_all()
