@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)
     n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
     n.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
-                   help="largest request or response message (advertised in GetInfo)")
+                   help="largest Score request gRPC receives (default: gRPC's 4 MiB; advertised in GetInfo, clients "
+                        "split to it); bigger ones are refused by the transport before they are parsed. Each "
+                        "call in transit may hold this much (README, 'What a replica guarantees')")
     n.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes,
                    help="serialized Score requests held at once, queued or scored; past it RESOURCE_EXHAUSTED "
                         "before parsing (the memory bound for requests: about 3x this, see README)")

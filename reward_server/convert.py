@@ -149,10 +149,16 @@ def _parse_in_order(msgs, with_steps: bool) -> list[Sample]:
     return samples
 
 
-def oversized_samples(request: pb.ScoreRequest, max_sample_bytes: int) -> dict[int, SampleError]:
-    """Per-sample INVALID_SAMPLE errors, by index, for samples whose serialized size is over the limit."""
+def oversized_samples(
+    request: pb.ScoreRequest, max_sample_bytes: int, request_bytes: int | None = None
+) -> dict[int, SampleError]:
+    """Per-sample INVALID_SAMPLE errors, by index, for samples whose serialized size is over the limit.
+    ``request_bytes``: the request's serialized size where the caller has it. Pass it: a parsed
+    request's ``ByteSize()`` re-walks every string (3.6 ms for 2 MB, 20x its parse)."""
     errors: dict[int, SampleError] = {}
-    if request.ByteSize() <= max_sample_bytes:
+    if request_bytes is None:
+        request_bytes = request.ByteSize()
+    if request_bytes <= max_sample_bytes:
         return errors  # the usual case: no sample can be over the limit, skip the per-sample sizes
     for i, msg in enumerate(request.samples):
         size = msg.ByteSize()

@@ -35,7 +35,7 @@ from reward_server.batching import (
     QueueFull,
     ScorerStuck,
 )
-from reward_server.contract import CONTRACT_VERSION, PUSHBACK_TRAILER, SERVICE_NAME
+from reward_server.contract import CONTRACT_VERSION, GRPC_DEFAULT_RECEIVE_BYTES, PUSHBACK_TRAILER, SERVICE_NAME
 from reward_server.metrics import ServerMetrics
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
@@ -47,6 +47,7 @@ from reward_server.types import Result, RewardKind, ServiceInfo
 log = logging.getLogger(__name__)
 
 _SMALL_REQUEST_BYTES = 64 << 10  # admitted whatever the byte budget (at most max_concurrent_calls of them)
+_MAX_RESPONSE_BYTES = 64 << 20
 _STEPS_OFF_LOOP = 20_000  # responses with more steps are built off the event loop
 VERSION = "rpp 0.1.0"
 
@@ -67,7 +68,11 @@ class ServerConfig:
     scorer_timeout_s: float = 120.0
     max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
     max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
-    max_message_bytes: int = 64 << 20  # gRPC receive/send limit; advertised in GetInfo
+    # Largest Score request gRPC receives (advertised in GetInfo; clients split to it). gRPC's
+    # own default: grpcio reads a whole message before a handler sees it, so every call in
+    # transit costs up to this much before admission can refuse it, and a bigger one is
+    # refused by the transport without reaching Python (README, "What a replica guarantees").
+    max_message_bytes: int = GRPC_DEFAULT_RECEIVE_BYTES
     # Admission: serialized Score requests held at once (queued or being scored), and Score
     # calls at once; past either, RESOURCE_EXHAUSTED before the request is parsed. With
     # them the memory for requests is bounded (README, "What a replica guarantees").
@@ -103,7 +108,9 @@ class ServerConfig:
     def grpc_options(self) -> list[tuple[str, int]]:
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
+            # Responses are built here, not received: one of 1024 samples with 300 steps each
+            # is over 4 MiB, and the client's receive limit (64 MiB) is the one that matters.
+            ("grpc.max_send_message_length", max(self.max_message_bytes, _MAX_RESPONSE_BYTES)),
             ("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(self.grace_s * 1000)),
             # Clients ping every 30 s when idle; allow it instead of answering "too many pings".
@@ -228,7 +235,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             )
             self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
-        return await self.Score(request, context)
+        return await self.Score(request, context, request_bytes=len(raw))
 
     async def info_bytes(self, raw: bytes, context) -> pb.GetInfoResponse:
         try:
@@ -240,12 +247,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             )
         return await self.GetInfo(request, context)
 
-    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest, context, request_bytes: int | None = None) -> pb.ScoreResponse:
         started = time.perf_counter()
         self._in_flight += 1
         self._idle.clear()
         try:
-            response = await self._score(request)
+            response = await self._score(request, request_bytes)
             code = "OK"
         except _RpcFailure as failure:
             code = failure.code.name
@@ -264,7 +271,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 self._idle.set()
         return response
 
-    async def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
+    async def _score(self, request: pb.ScoreRequest, request_bytes: int | None) -> pb.ScoreResponse:
         if self.draining:
             raise _RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "this reward server is draining (shutting down); retry on another replica"
@@ -276,7 +283,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         except convert.InvalidRequest as exc:
             raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         self._metrics.samples.inc(len(samples))
-        rejected = convert.oversized_samples(request, self._config.max_sample_bytes)
+        rejected = convert.oversized_samples(request, self._config.max_sample_bytes, request_bytes)
         accepted = [s for i, s in enumerate(samples) if i not in rejected] if rejected else samples
         try:
             scored = await self._batcher.submit(accepted) if accepted else []

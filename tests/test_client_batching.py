@@ -60,6 +60,35 @@ def test_requests_are_split_to_the_advertised_byte_limit() -> None:
     assert max(scorer.batch_sizes) <= 3 and sum(scorer.batch_sizes) == 10
 
 
+def test_by_default_a_request_over_4_mib_is_refused_by_the_transport_and_the_client_splits_to_it() -> None:
+    """The default receive limit is gRPC's 4 MiB: a bigger message is refused before Python
+    sees it (too big: no pushback, so not retried), and a client that reads GetInfo never
+    sends one."""
+    import grpc
+
+    from reward_server.contract import PUSHBACK_TRAILER
+    from reward_server.proto import reward_pb2 as pb
+
+    scorer = SlowAsyncScorer(delay_s=0.0)
+    samples = [Sample(f"big{i}", "", "x" * (512 << 10)) for i in range(16)]  # 8.4 MB in all
+    with start_in_thread(scorer, ServerConfig(metrics_port=None)) as server:
+        assert server.server.servicer.info().max_request_bytes == 4 << 20
+        with BlockingRewardClient(server.address) as client:
+            results = client.score(samples)
+        request = pb.ScoreRequest(samples=[pb.Sample(id=s.id, response=s.response) for s in samples])
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        with grpc.insecure_channel(server.address, options=options) as channel:
+            score = channel.unary_unary("/rpp.reward.v1.RewardService/Score", request_serializer=None,
+                                        response_deserializer=pb.ScoreResponse.FromString)
+            with pytest.raises(grpc.RpcError) as refused:
+                score(request.SerializeToString(), timeout=30)
+    assert [r.outcome for r in results] == [float(512 << 10)] * 16
+    assert len(scorer.batch_sizes) >= 3 and sum(scorer.batch_sizes) == 16  # 8.4 MB went as 3+ requests
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in refused.value.details()
+    assert PUSHBACK_TRAILER not in dict(refused.value.trailing_metadata() or ())
+
+
 def score_rpcs(server: ServerHandle) -> int:
     """Score RPCs the server answered OK, from its own Prometheus registry."""
     value = server.server.metrics.registry.get_sample_value(
