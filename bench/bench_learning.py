@@ -3,6 +3,7 @@
     rpp-bench learning --setting hard --jobs 2    # 7 variants x 3 seeds, two runs at a time
     rpp-bench learning --setting easy --jobs 2    # the quickstart task
     rpp-bench learning --seeds 0 --steps 10       # a quick look
+    rpp-bench learning --setting easy --variants "ORM only" --pipeline-depth 1   # the pipelined mode
 
 Two settings of the column-addition task (``quickstart.settings``): ``easy``
 (the quickstart's: the SFT start is right about a third of the time) and ``hard`` (three
@@ -254,13 +255,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process with (cores / jobs) torch threads: the tiny "
                         "model gains little from a second thread, so 2 jobs on 2 cores take about half the time")
+    p.add_argument("--pipeline-depth", type=int, choices=[0, 1], default=0,
+                   help="rollout.pipeline_depth of every run: 1 = the pipelined mode (one step off-policy)")
     p.add_argument("--worker", nargs=3, metavar=("VARIANT", "SEED", "ADDRESSES"), help=argparse.SUPPRESS)
     p.add_argument("--prm-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     setting = SETTINGS[args.setting]
     args.steps = args.steps or setting.rl_steps
     args.target = args.target if args.target is not None else setting.target
-    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}")
+    pipelined = "_pipelined" if args.pipeline_depth else ""
+    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}{pipelined}")
     return args
 
 
@@ -268,7 +272,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> QuickstartConf
     setting = SETTINGS[args.setting]
     base = QuickstartConfig(
         steps=args.steps, eval_every=args.eval_every, task=setting.task, sft=setting.sft,
-        max_new_tokens=setting.max_new_tokens, prm_dir=args.prm_dir,
+        max_new_tokens=setting.max_new_tokens, prm_dir=args.prm_dir, pipeline_depth=args.pipeline_depth,
     )
     return replace(base, seed=seed, output_dir=args.output_dir / _slug(name) / f"seed{seed}", **VARIANTS[name])
 
@@ -286,6 +290,7 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     common = ["--setting", args.setting, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+              "--pipeline-depth", str(args.pipeline_depth),
               "--output-dir", str(args.output_dir), "--prm-dir", str(args.prm_dir)]
     running: list[tuple[subprocess.Popen, Path, str]] = []
     queue = list(todo)
@@ -358,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         {"setting": args.setting, "labels": args.labels, "prm_quality": quality, "rows": rows,
          "goal": checks, "audit": audit, "runs": runs}, indent=2, default=str))
     png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting")
-    print(f"\n{args.setting} setting: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
+    mode = ", pipelined (one step off-policy)" if args.pipeline_depth else ""
+    print(f"\n{args.setting} setting{mode}: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
           f"{args.jobs} job(s) at a time (total {time.perf_counter() - started:.0f} s):")
     if quality:
         print(f"learned PRM ({args.labels} labels), held-out: {format_quality(quality)}")

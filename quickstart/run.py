@@ -46,6 +46,7 @@ class QuickstartConfig:
     process_weight: float = 1.0  # alpha: step score s adds alpha * (s - 0.5) at its last token
     prompts_per_step: int = 32
     samples_per_prompt: int = 4
+    pipeline_depth: int = 0  # 1: rpp's pipelined mode (one step off-policy; README, "Pipelined mode")
     lr: float = 1e-4  # 2e-4 drifts further from the SFT start (higher KL) and ends lower
     kl_coef: float = 0.001  # the report's value for math
     max_new_tokens: int = 48
@@ -133,6 +134,7 @@ def learner_config(
             "samples_per_prompt": cfg.samples_per_prompt,
             "max_new_tokens": cfg.max_new_tokens,
             "generation_batch_prompts": cfg.prompts_per_step,
+            "pipeline_depth": cfg.pipeline_depth,
         },
         "rewards": {"services": services},
         "algo": {

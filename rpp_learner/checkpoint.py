@@ -7,6 +7,7 @@ Layout of ``<output_dir>/checkpoints/step_000010/``:
     scheduler.pt         learning-rate schedule
     trainer_state.json   step, data position, running reward statistics
     rng_rank{r}.pt       python / torch (/ cuda) RNG states of every process
+    rank{r}_state.pt     pipelined mode: the rollout sampled ahead for the next step, per process
 
 A checkpoint is written under a temporary name and renamed when complete, so a crash
 while saving never leaves a half checkpoint that ``latest`` would pick.
@@ -67,8 +68,10 @@ def save_checkpoint(
     scheduler,
     state: dict[str, Any],
     keep_last: int = 2,
+    rank_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save everything needed to resume at ``state["step"]``; every process must call this."""
+    """Save everything needed to resume at ``state["step"]``; every process must call this.
+    ``rank_state``: this process's own state beyond its RNG (the pipelined mode's rollout)."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{state['step']:06d}"
     tmp = root / f".{final.name}.tmp"
@@ -77,6 +80,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    if rank_state is not None:
+        torch.save(rank_state, tmp / f"rank{accelerator.process_index}_state.pt")
     # Every process takes part (under FSDP2 these gather the shards); the main one gets it all.
     full_on_main = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(policy, options=full_on_main)
@@ -125,6 +130,12 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path:
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"checkpoint.resume={resume!r} is not a checkpoint directory (no {STATE_FILE})")
     return path
+
+
+def load_rank_state(path: Path, rank: int) -> dict[str, Any] | None:
+    """What ``save_checkpoint(rank_state=...)`` saved for process ``rank``, if anything."""
+    file = path / f"rank{rank}_state.pt"
+    return torch.load(file, weights_only=False) if file.is_file() else None
 
 
 def load_checkpoint(path: Path, *, accelerator: Accelerator, policy, optimizer, scheduler) -> dict[str, Any]:

@@ -25,6 +25,9 @@ class Rollout:
     group_index: torch.Tensor  # [B] global prompt index of each sample
     texts: list[str]
     token_end_bytes: list[list[int]]
+    # Updates the sampling weights had seen: the step's own update count when synchronous,
+    # one less when pipelined (README, "Pipelined mode").
+    policy_version: int = 0
 
 
 def with_text(
@@ -53,6 +56,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([p.group_index for p in parts]),
         [t for p in parts for t in p.texts],
         [e for p in parts for e in p.token_end_bytes],
+        parts[0].policy_version,
     )
 
 
@@ -70,13 +74,16 @@ def reward_samples(rollout: Rollout, step: int, rank: int, first_index: int = 0)
     ]
 
 
-def save_rollout(path: Path, rollout: Rollout, scored: ScoredBatch, adv) -> None:
+def save_rollout(path: Path, rollout: Rollout, scored: ScoredBatch, adv, old_logp: torch.Tensor) -> None:
     """ids, rewards, advantages and texts of one step on one process, as a torch file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "group_index": rollout.group_index,
+            "prompt_ids": rollout.batch.prompt_ids,
+            "prompt_mask": rollout.batch.prompt_mask,
             "response_ids": rollout.batch.response_ids,
+            "response_mask": rollout.batch.response_mask,
             "mask": adv.mask,
             "outcome": scored.outcome,
             "step_token_index": scored.step_token_index,
@@ -86,6 +93,8 @@ def save_rollout(path: Path, rollout: Rollout, scored: ScoredBatch, adv) -> None
             "valid": scored.valid,
             "dense_rewards": adv.dense_rewards,
             "advantages": adv.advantages,
+            "old_logp": old_logp,  # pi_old of the clipped ratio: the sampling policy's log-probs
+            "policy_version": torch.full((len(rollout.texts),), rollout.policy_version),
             "texts": rollout.texts,
             "prompts": [r.prompt for r in rollout.records],
         },

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,31 @@ from rpp_learner.step_stats import rollout_metrics, sampler_mismatch_metrics
 from rpp_learner.update import is_on_policy, run_update
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+def adamw_implementation(choice: str, model: torch.nn.Module, device_type: str, *, sharded: bool) -> dict[str, bool]:
+    """AdamW keyword arguments for ``optim.adamw_impl``; ``device_type``: where the model will train."""
+    if choice == "fused":
+        return {"fused": True}
+    if choice == "foreach":
+        return {"foreach": True}
+    if choice == "loop":
+        return {"foreach": False}
+    floats = all(p.dtype.is_floating_point for p in model.parameters())
+    if not sharded and floats and device_type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {}  # torch decides (foreach on CUDA, the loop elsewhere)
+
+
+@dataclass
+class SampledRollout:
+    """One step's rollout, its reward calls in flight and (pipelined) the log-probs of the
+    weights that sampled it."""
+
+    step: int
+    rollout: Rollout
+    pending: list[Future]
+    behaviour_logp: torch.Tensor | None
 
 
 class TrainingStopped(RuntimeError):
@@ -116,6 +142,7 @@ class Trainer:
             betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
             eps=cfg.optim.adam_eps,
             weight_decay=cfg.optim.weight_decay,
+            **adamw_implementation(cfg.optim.adamw_impl, policy, self.acc.device.type, sharded=self.acc.is_fsdp2),
         )
         # Not passed to accelerator.prepare: its wrapper steps the schedule once per process.
         self.scheduler = get_scheduler(
@@ -130,7 +157,9 @@ class Trainer:
         self.policy.eval()
         self.eos_ids = eos_token_ids(self.tokenizer, policy)
         # pi_old == the policy during the update, and nothing needs it before: skip its forward.
-        self.skip_old_forward = is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
+        # Pipelined, pi_old is the policy that sampled, a step older: always computed.
+        self.pipelined = cfg.rollout.pipeline_depth > 0
+        self.skip_old_forward = not self.pipelined and is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
         rollout_model, own_copy = self.acc.unwrap_model(self.policy), False
         if self.ref_model is not None and is_sharded(rollout_model):
             shard_frozen(self.ref_model)  # FSDP2: the reference is sharded like the policy
@@ -144,6 +173,9 @@ class Trainer:
         self.reward_stats = RunningMeanStd()
 
         self.step = 0
+        # The rollout the next update trains on, once sampled: pipelined, it is sampled a step
+        # early (during the previous step's reward wait) and a checkpoint saves it.
+        self._in_hand: SampledRollout | None = None
         if resume_from is not None:
             state = ckpt.load_checkpoint(
                 resume_from, accelerator=self.acc, policy=self.policy, optimizer=self.optimizer,
@@ -151,6 +183,8 @@ class Trainer:
             )
             self.step = state["step"]
             self.reward_stats.load_state_dict(state["reward_stats"])
+            if self.pipelined:
+                self._in_hand = self._load_in_hand(resume_from, state)
         if self.acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
@@ -215,14 +249,23 @@ class Trainer:
         t0 = time.perf_counter()
         # Each generated chunk goes to the reward services at once; they are collected
         # after the forwards end, so the services work while this thread generates the
-        # next chunks and runs the reference and old-policy forwards.
-        rollout, pending = self._rollout(step)
+        # next chunks and runs the reference and old-policy forwards (and, pipelined, the
+        # whole of the next step's rollout).
+        current = self._in_hand if self._in_hand is not None and self._in_hand.step == step else self._sample(step)
+        self._in_hand = current  # a checkpoint saved before this update resumes with it
+        rollout, b = current.rollout, current.rollout.batch
         t_rollout = time.perf_counter()
-        b = rollout.batch
         ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else None
-        old_logp = None if self.skip_old_forward else self._logprobs(self.policy, b)
+        if self.pipelined:
+            old_logp = current.behaviour_logp
+        else:
+            old_logp = None if self.skip_old_forward else self._logprobs(self.policy, b)
         t_forward = time.perf_counter()
-        scored = self._collect_scores(pending, rollout)
+        upcoming = None
+        if self.pipelined and step < self.cfg.total_steps:
+            upcoming = self._sample(step + 1)  # with the weights before this update
+        t_next = time.perf_counter()
+        scored = self._collect_scores(current.pending, rollout)
         t_rewards = time.perf_counter()
 
         mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
@@ -234,21 +277,25 @@ class Trainer:
         )
         if self.engine.owns_weights:  # its own copy (vLLM, or HF under FSDP2): push the update
             self.engine.load_weights(full_parameters(self.acc.unwrap_model(self.policy)))
+        self._in_hand = upcoming
         t_end = time.perf_counter()
 
-        if self.cfg.logging.save_rollouts:
-            save_rollout(self.out_dir / "rollouts" / f"step_{step:06d}_rank{self.rank}.pt", rollout, scored, adv)
         old_logp = update.logp if old_logp is None else old_logp  # on-policy: the update's own
+        if self.cfg.logging.save_rollouts:
+            path = self.out_dir / "rollouts" / f"step_{step:06d}_rank{self.rank}.pt"
+            save_rollout(path, rollout, scored, adv, old_logp)
         metrics = rollout_metrics(b, scored, mask, old_logp, old_logp if ref_logp is None else ref_logp)
         metrics.update(sampler_mismatch_metrics(b, old_logp))
         metrics.update(update.metrics)
         lone = all_reduce_sum(torch.tensor(adv.metrics["advantages/lone_samples"]))
         metrics["advantages/lone_fraction"] = lone.item() / (len(rollout.texts) * self.world)
+        metrics["rollout/policy_lag"] = float(step - 1 - rollout.policy_version)  # updates behind
         metrics.update({
             "time/step_s": t_end - t0,
             "time/rollout_s": t_rollout - t0,
             "time/logprob_s": t_forward - t_rollout,
-            "time/reward_wait_s": t_rewards - t_forward,
+            "time/next_rollout_s": t_next - t_forward,
+            "time/reward_wait_s": t_rewards - t_next,
             "time/update_s": t_end - t_rewards,
         })
         return metrics
@@ -281,6 +328,14 @@ class Trainer:
             pending.append(self.scorer.submit(reward_samples(part, step, self.rank, first_index=rows.start)))
             parts.append(part)
         return concat_rollouts(parts, self.pad_id), pending
+
+    def _sample(self, step: int) -> SampledRollout:
+        """Step ``step``'s rollout under the weights as they are now, its reward calls
+        submitted; pipelined, with the log-probs of these weights (the behaviour policy)."""
+        rollout, pending = self._rollout(step)
+        rollout.policy_version = self.step
+        behaviour = self._logprobs(self.policy, rollout.batch) if self.pipelined else None
+        return SampledRollout(step, rollout, pending, behaviour)
 
     def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         return batched_logprobs(
@@ -406,6 +461,10 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
 
     def save(self) -> Path:
+        in_hand = None
+        if self._in_hand is not None:
+            r = self._in_hand
+            in_hand = {"step": r.step, "rollout": r.rollout, "behaviour_logp": r.behaviour_logp}
         return ckpt.save_checkpoint(
             self.out_dir,
             accelerator=self.acc,
@@ -417,9 +476,30 @@ class Trainer:
                 "step": self.step,
                 "data_position": self.step * self.cfg.rollout.prompts_per_step,
                 "reward_stats": self.reward_stats.state_dict(),
+                "pipeline_depth": self.cfg.rollout.pipeline_depth,
+                "processes": self.world,
             },
             keep_last=self.cfg.checkpoint.keep_last,
+            rank_state=in_hand,
         )
+
+    def _load_in_hand(self, path: Path, state: dict[str, Any]) -> SampledRollout | None:
+        """The pipelined rollout a checkpoint holds, its reward calls sent again (the weights
+        that sampled it are a step older than the checkpoint's, so it cannot be regenerated)."""
+        if state.get("pipeline_depth", 0) == 0:
+            return None  # saved synchronous: the next rollout is sampled from these weights
+        if state.get("processes", self.world) != self.world:
+            raise ConfigError(
+                f"checkpoint {path} was saved by {state['processes']} processes in pipelined mode "
+                f"(rollout.pipeline_depth=1); resume it with {state['processes']} processes, or resume "
+                "with rollout.pipeline_depth=0 (the first step then samples from the checkpoint's weights)"
+            )
+        saved = ckpt.load_rank_state(path, self.rank)
+        if saved is None:
+            return None  # saved at the last step: nothing was sampled ahead
+        rollout: Rollout = saved["rollout"]
+        pending = [self.scorer.submit(reward_samples(rollout, saved["step"], self.rank))]
+        return SampledRollout(saved["step"], rollout, pending, saved["behaviour_logp"])
 
     def _encode(self, text: str) -> list[int]:
         d = self.cfg.data

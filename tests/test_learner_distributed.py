@@ -18,7 +18,7 @@ from tests.helpers.saved_rollouts import joined, load_rollouts
 from tests.helpers.tiny_models import build_tiny_policy
 
 
-def _launch(tmp_path, name: str, cfg: dict, processes: int) -> dict:
+def _launch(tmp_path, name: str, cfg: dict, processes: int, step: int = 1) -> dict:
     run_dir = tmp_path / name
     cfg = {**cfg, "output_dir": str(run_dir)}
     config_path = tmp_path / f"{name}.yaml"
@@ -38,27 +38,32 @@ def _launch(tmp_path, name: str, cfg: dict, processes: int) -> dict:
     assert f"rpp-train: {processes} process" in proc.stdout, proc.stdout[-2000:]
     if processes > 1:
         assert "(DDP: a full copy of the model on each)" in proc.stdout
-    rollouts = load_rollouts(run_dir, 1)
+    rollouts = load_rollouts(run_dir, step)
     assert len(rollouts) == processes
-    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    return {"rollouts": rollouts, "metrics": metrics, "policy": run_dir / "checkpoints/step_000001/policy"}
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[step - 1])
+    return {"rollouts": rollouts, "metrics": metrics, "policy": run_dir / f"checkpoints/step_{step:06d}/policy"}
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("pipeline_depth", [0, 1], ids=["synchronous", "pipelined"])
+def test_two_processes_equal_one(tmp_path, pipeline_depth):
+    """Pipelined, step 2 is compared: its samples come from the weights before update 1, and
+    each process sampled them ahead on its own."""
     policy_dir = build_tiny_policy(tmp_path / "policy")
+    step = 1 + pipeline_depth
     with reward_services() as services:
         cfg = run_config(
-            tmp_path, policy_dir, services,
+            tmp_path, policy_dir, services, total_steps=step,
             rollout={
                 "prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 2,
+                "pipeline_depth": pipeline_depth,
             },
             optim={"lr": 1e-3, "mini_batch_size": 8, "micro_batch_size": 2},
             logging={"progress_bar": False, "tensorboard": False, "plot": False, "save_rollouts": True},
         )
         cfg["data"]["eval_size"] = 0
-        one = _launch(tmp_path, "one", cfg, processes=1)
-        two = _launch(tmp_path, "two", cfg, processes=2)
+        one = _launch(tmp_path, "one", cfg, processes=1, step=step)
+        two = _launch(tmp_path, "two", cfg, processes=2, step=step)
 
     a, b = one["rollouts"], two["rollouts"]
     assert torch.equal(joined(a, "group_index"), joined(b, "group_index"))
@@ -66,7 +71,10 @@ def test_two_processes_equal_one(tmp_path):
     torch.testing.assert_close(joined(a, "dense_rewards"), joined(b, "dense_rewards"), atol=1e-5, rtol=0)
     torch.testing.assert_close(joined(a, "advantages"), joined(b, "advantages"), atol=1e-5, rtol=0)
     assert joined(b, "advantages").abs().sum() > 0
-    for key in ("loss", "reward/total", "kl", "response_length", "clip_frac"):
+    assert torch.equal(joined(a, "policy_version"), joined(b, "policy_version"))
+    assert joined(b, "policy_version").unique().tolist() == [0]  # pipelined step 2 too: the initial weights
+    torch.testing.assert_close(joined(a, "old_logp"), joined(b, "old_logp"), atol=1e-5, rtol=0)
+    for key in ("loss", "reward/total", "kl", "response_length", "clip_frac", "rollout/policy_lag"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-5), key
     wa = AutoModelForCausalLM.from_pretrained(one["policy"]).state_dict()
     wb = AutoModelForCausalLM.from_pretrained(two["policy"]).state_dict()
