@@ -1,22 +1,18 @@
-"""The reward client the learner uses: one gRPC channel over many replicas.
+"""The reward client the learner uses: ``RewardClient``, one gRPC channel over many replicas.
 
-What the channel does for you (all of it is standard gRPC, set in the service config):
-- round_robin over every address (``ipv4:`` lists or a ``dns:///`` name; for Kubernetes
-  point ``dns:///`` at a headless Service so every pod is an address);
-- health-checked balancing: a replica whose grpc.health.v1 status is NOT_SERVING (e.g.
-  draining) gets no new calls;
-- retries with exponential backoff on UNAVAILABLE, so a dead replica costs a retry, not a
-  sample. The per-RPC retry buffer is raised to the message limit, because gRPC silently
-  skips retries for requests larger than it;
-- a deadline on every call, keepalive pings, message limits matching the server.
+The pieces it is built from, one job a module:
+- ``reward_server.channel``: the channel (targets, round_robin, health-checked balancing,
+  gRPC's retries of UNAVAILABLE, keepalive, message limits, TLS);
+- ``reward_server.splitting``: big batches split into requests of the server's advertised
+  size (GetInfo), several in flight;
+- ``reward_server.merging``: small calls that find every slot busy merged into one request;
+- ``reward_server.retry``: a busy server's RESOURCE_EXHAUSTED retried after its pushback, a
+  too-big one not (the contract tells them apart by gRPC's ``grpc-retry-pushback-ms`` trailer).
 
-What this module adds:
-- big batches are split into requests of the server's advertised size (GetInfo), several
-  in flight; small calls that find every slot busy are merged (``reward_server.merging``);
-- a busy server's RESOURCE_EXHAUSTED is retried after its pushback, a too-big one is not
-  (the contract tells them apart by gRPC's ``grpc-retry-pushback-ms`` trailer);
-- a server whose health service knows only the empty name is checked under that name;
-- errors say which service, which addresses and what happened.
+What this module adds: the calls themselves, with a deadline and the bearer token on each;
+a server whose health service knows only the empty name is checked under that name; errors
+(``RewardServiceError``) say which service, which addresses and what happened, with a hint.
+The names above it is built from are importable from here too.
 
 Create a ``RewardClient`` inside the event loop that will use it (grpc.aio channels
 belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scripts.
@@ -25,22 +21,18 @@ belong to one loop). ``BlockingRewardClient`` runs one on a private loop for scr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import logging
-import random
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_server import convert
+from reward_server.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_target, open_channel, service_config
 from reward_server.contract import (
     BAD_INFO,
     CLIENT_CLOSED,
     PROTOCOL_ERROR,
-    PUSHBACK_TRAILER,
     REQUEST_TOO_LARGE,
     SERVICE_NAME,
     UNHEALTHY,
@@ -49,12 +41,23 @@ from reward_server.loop_thread import LoopThread
 from reward_server.merging import CallMerger
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
-from reward_server.quoting import short_repr
-from reward_server.security import TLSConfig, bearer_metadata, channel_credentials
+from reward_server.retry import busy_retry_delay, is_size_refusal
+from reward_server.security import TLSConfig, bearer_metadata
+from reward_server.splitting import split_requests
 from reward_server.types import Result, Sample, ServiceInfo
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-_FRAMING_BYTES = 16  # per repeated-field element: tag + length varint, with room to spare
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "BlockingRewardClient",
+    "RewardClient",
+    "RewardServiceError",
+    "RewardServiceUnavailable",
+    "busy_retry_delay",
+    "channel_target",
+    "is_size_refusal",
+    "service_config",
+    "split_requests",
+]
 
 _HINTS = {
     "UNAVAILABLE": "no replica answered after retries; are the reward servers running and reachable?",
@@ -80,119 +83,6 @@ class RewardServiceError(RuntimeError):
 
 class RewardServiceUnavailable(RewardServiceError):
     """Every replica was unreachable after retries."""
-
-
-def channel_target(targets: str | Sequence[str]) -> str:
-    """One gRPC target for a set of replicas.
-
-    ``"dns:///reward.ns.svc:50051"`` and other URIs pass through; ``"host:port"`` is a
-    single server; a list (or comma-separated string) of ``host:port`` becomes an
-    ``ipv4:``/``ipv6:`` address list, hostnames resolved once, here.
-    """
-    if isinstance(targets, str):
-        if ":///" in targets or targets.startswith(("ipv4:", "ipv6:", "unix:")):
-            return targets
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    if not targets:
-        raise ValueError("no reward service address given; pass 'host:port', a list of them, or 'dns:///name:port'")
-    if len(targets) == 1:
-        return targets[0]
-    addresses = [_resolve(t) for t in targets]
-    families = {ipaddress.ip_address(host).version for host, _ in addresses}
-    if families == {4}:
-        return "ipv4:" + ",".join(f"{h}:{p}" for h, p in addresses)
-    if families == {6}:
-        return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in addresses)
-    raise ValueError(f"reward service addresses {list(targets)} mix IPv4 and IPv6; use one family")
-
-
-def _resolve(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"reward service address {address!r} needs the form host:port")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        return host, int(port)
-    except ValueError:
-        pass
-    try:
-        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve reward service host {host!r}: {exc}") from exc
-    return str(info[0][4][0]), int(port)
-
-
-def service_config(retry_attempts: int, health_service: str = SERVICE_NAME) -> str:
-    """The gRPC service config: round_robin, health checking under ``health_service``,
-    retries of UNAVAILABLE with backoff (``retry_attempts`` tries in all; 1: no retries, as
-    gRPC refuses a policy of 1). RESOURCE_EXHAUSTED is retried by ``RewardClient`` itself:
-    only a busy server's (with a pushback trailer) may be retried."""
-    if retry_attempts < 1:
-        raise ValueError(f"retry_attempts must be >= 1 (tries in all), got {retry_attempts}")
-    method: dict = {"name": [{"service": SERVICE_NAME}]}
-    if retry_attempts > 1:
-        method["retryPolicy"] = {
-            "maxAttempts": retry_attempts,  # gRPC caps this at 5
-            "initialBackoff": "0.05s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        }
-    return json.dumps({
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": health_service},
-        "methodConfig": [method],
-    })
-
-
-def busy_retry_delay(exc: grpc.aio.AioRpcError, attempt: int) -> float | None:
-    """Seconds to wait before retrying a failed Score, or None: do not retry.
-
-    Only RESOURCE_EXHAUSTED is decided here (gRPC's policy retries UNAVAILABLE). With a
-    ``grpc-retry-pushback-ms`` trailer it is a busy server (contract 1.1): retry after the
-    pushback, a negative one meaning never. Without it, it is the transport refusing a
-    message over its receive limit, unless a contract 1.0 server said it was busy without
-    the trailer: those are told apart by the transport's words, and retried with backoff."""
-    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return None
-    pushback = dict(exc.trailing_metadata() or ()).get(PUSHBACK_TRAILER)
-    if pushback is not None:
-        try:
-            ms = int(pushback)
-        except ValueError:
-            return None  # malformed: gRPC's own rule is not to retry
-        return None if ms < 0 else min(ms, 5000) / 1000 * (1 + random.random() * 0.2)
-    if is_size_refusal(exc.details() or ""):
-        return None
-    return min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.0)
-
-
-def is_size_refusal(details: str) -> bool:
-    """What grpc C-core, Java, Go and Node say when a message exceeds their receive limit."""
-    text = details.lower()
-    return "larger than max" in text or "message too large" in text or "exceeds maximum" in text
-
-
-def split_requests(samples: Sequence[pb.Sample], max_samples: int, max_bytes: int) -> Iterator[list[pb.Sample]]:
-    """Consecutive chunks of at most ``max_samples`` samples and about ``max_bytes`` serialized."""
-    budget = int(max_bytes * 0.95)  # headroom for the envelope
-    chunk: list[pb.Sample] = []
-    size = 0
-    for msg in samples:
-        n = msg.ByteSize() + _FRAMING_BYTES
-        if n > budget:
-            raise ValueError(
-                f"sample {short_repr(msg.id)} is {n} bytes serialized, over the server's advertised "
-                f"max_request_bytes ({max_bytes}); shorten it or raise the server's --max-message-bytes"
-            )
-        if chunk and (len(chunk) == max_samples or size + n > budget):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(msg)
-        size += n
-    if chunk:
-        yield chunk
 
 
 def _copy_error(exc: BaseException) -> BaseException:
@@ -267,22 +157,10 @@ class RewardClient:
 
     def _open_channel(self, health_service: str | None) -> grpc.aio.Channel:
         """The channel to every replica; ``health_service`` None: no health checking (a probe)."""
-        options = [
-            ("grpc.enable_retries", 1),
-            ("grpc.per_rpc_retry_buffer_size", self._max_message_bytes),
-            ("grpc.max_send_message_length", self._max_message_bytes),
-            ("grpc.max_receive_message_length", self._max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-        if health_service is not None:
-            options.append(("grpc.service_config", service_config(self._retry_attempts, health_service)))
-        if self._tls is None:
-            return grpc.aio.insecure_channel(self.target, options=options)
-        if self._tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self._tls.server_name))
-        return grpc.aio.secure_channel(self.target, channel_credentials(self._tls), options=options)
+        return open_channel(
+            self.target, tls=self._tls, max_message_bytes=self._max_message_bytes,
+            retry_attempts=self._retry_attempts, health_service=health_service,
+        )
 
     async def _health_statuses(self) -> dict[str, str]:
         """What the server's health service says for the full service name and for "", over a
