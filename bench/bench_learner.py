@@ -57,6 +57,7 @@ class DelayedDigitShare(Scorer):
     kind = RewardKind.OUTCOME
     model_name = "digit-share-delayed"
     blocking = False
+    max_concurrent_batches = 16  # a farm with replicas to spare: no call waits for another
 
     def __init__(self, latency_s: float = 0.0) -> None:
         self.latency_s = latency_s

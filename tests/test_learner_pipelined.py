@@ -1,10 +1,9 @@
-"""The pipelined (one step off-policy) mode: step t+1 is sampled before update t, the clipped
-ratio uses the sampling weights' log-probs, a resume continues exactly, and 2 processes
-equal 1 (tests/test_learner_distributed.py runs that one)."""
+"""The pipelined (one step off-policy) mode: step t+1 is sampled before update t and the
+clipped ratio uses the sampling weights' log-probs. That a resume continues exactly and 2
+processes equal 1 is tested with the synchronous mode's tests (test_learner_train.py,
+test_learner_distributed.py), run in both modes."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -59,44 +58,6 @@ def test_step_t_plus_1_is_sampled_before_update_t_and_its_ratio_uses_those_weigh
         assert (saved["old_logp"][mask] - current[mask]).abs().max() > 1e-4
     assert all(m["time/next_rollout_s"] > 0 for m in history[:-1])
     assert history[-1]["time/next_rollout_s"] < history[0]["time/next_rollout_s"]  # nothing sampled after the last
-
-
-def _metrics_without_times(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
-@pytest.mark.slow
-def test_pipelined_resume_continues_exactly(tmp_path, policy_dir):
-    """4 steps straight == 2 steps, a fresh Trainer resuming from the checkpoint (which holds
-    the rollout sampled ahead for step 3, by weights no checkpoint has), 2 more."""
-    sections = dict(
-        total_steps=4, logging=QUIET, rollout=PIPELINED,
-        algo={"ppo_epochs": 2, "normalize_reward": True},
-        optim={"lr": 1e-3, "mini_batch_size": 4, "micro_batch_size": 2, "lr_scheduler": "linear", "warmup_steps": 3},
-    )
-    with reward_services() as services:
-        straight = tmp_path / "straight"
-        straight.mkdir()
-        with Trainer(build(run_config(straight, policy_dir, services, **sections))) as trainer:
-            trainer.train()
-        split = tmp_path / "split"
-        split.mkdir()
-        with Trainer(build(run_config(split, policy_dir, services, **sections))) as trainer:
-            trainer.train(stop_after=2)
-        assert (split / "run/checkpoints/step_000002/rank0_state.pt").is_file()
-        resumed = build(run_config(split, policy_dir, services, **sections, checkpoint={"resume": "latest"}))
-        with Trainer(resumed) as trainer:
-            assert trainer.step == 2
-            trainer.train()
-    a = AutoModelForCausalLM.from_pretrained(straight / "run/checkpoints/step_000004/policy").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(split / "run/checkpoints/step_000004/policy").state_dict()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    straight_metrics = _metrics_without_times(straight / "run/metrics.jsonl")
-    assert straight_metrics == _metrics_without_times(split / "run/metrics.jsonl")
-    assert [m["rollout/policy_lag"] for m in straight_metrics if "rollout/policy_lag" in m] == [0.0, 1.0, 1.0, 1.0]
-    assert not (split / "run/checkpoints/step_000004/rank0_state.pt").exists()  # nothing sampled past the end
 
 
 def test_pipeline_depth_other_than_0_or_1_is_refused(tmp_path, policy_dir):

@@ -53,11 +53,16 @@ def _metrics_without_times(path):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path, policy_dir):
-    """4 steps straight == 2 steps, a fresh Trainer resuming from the checkpoint, 2 more."""
+@pytest.mark.parametrize("pipeline_depth", [0, 1], ids=["synchronous", "pipelined"])
+def test_resume_continues_exactly(tmp_path, policy_dir, pipeline_depth):
+    """4 steps straight == 2 steps, a fresh Trainer resuming from the checkpoint, 2 more.
+    Pipelined, the checkpoint holds the rollout sampled ahead for step 3, by weights that no
+    checkpoint has."""
     sections = dict(
         total_steps=4,
         logging=QUIET,
+        rollout={"prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 8, "generation_batch_prompts": 2,
+                 "pipeline_depth": pipeline_depth},
         algo={"ppo_epochs": 2, "normalize_reward": True},
         optim={"lr": 1e-3, "mini_batch_size": 4, "micro_batch_size": 2, "lr_scheduler": "linear", "warmup_steps": 3},
     )
@@ -71,6 +76,7 @@ def test_resume_continues_exactly(tmp_path, policy_dir):
         split.mkdir()
         with Trainer(build(run_config(split, policy_dir, services, **sections))) as trainer:
             trainer.train(stop_after=2)
+        assert (split / "run/checkpoints/step_000002/rank0_state.pt").is_file() == bool(pipeline_depth)
         resumed = build(run_config(split, policy_dir, services, **sections, checkpoint={"resume": "latest"}))
         with Trainer(resumed) as trainer:
             assert trainer.step == 2
@@ -80,6 +86,10 @@ def test_resume_continues_exactly(tmp_path, policy_dir):
     b = AutoModelForCausalLM.from_pretrained(split / "run/checkpoints/step_000004/policy").state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    assert _metrics_without_times(straight / "run/metrics.jsonl") == _metrics_without_times(split / "run/metrics.jsonl")
+    straight_metrics = _metrics_without_times(straight / "run/metrics.jsonl")
+    assert straight_metrics == _metrics_without_times(split / "run/metrics.jsonl")
+    lags = [m["rollout/policy_lag"] for m in straight_metrics if "rollout/policy_lag" in m]
+    assert lags == ([0.0, 1.0, 1.0, 1.0] if pipeline_depth else [0.0] * 4)
+    assert not (split / "run/checkpoints/step_000004/rank0_state.pt").exists()  # nothing sampled past the end
     state = json.loads((split / "run/checkpoints/step_000004/trainer_state.json").read_text())
     assert state["step"] == 4 and state["data_position"] == 16 and state["reward_stats"]["count"] == 32
