@@ -15,8 +15,10 @@
 2. Reward latency, the case of a slow reward farm. The step's own compute C is measured
    first (a synchronous step against a service that answers at once, on this machine), then
    trainers identical but for the mode (synchronous / pipelined, rollout.pipeline_depth 0 /
-   1) and a service that answers each call after 0, 0.5, 1 and 3 x C alternate steps (A B C
-   ...). Each step's rollout goes out in 4 generation chunks, each submitted when decoded.
+   1) and a service that answers each call after 0, 0.5, 1 and 3 x C take turns (A B C
+   ...) of 4 consecutive steps, the first of each turn untimed (the pause before it
+   would hide a pipelined trainer's latency). Each step's rollout goes out in 4 generation
+   chunks, each submitted when decoded.
    Printed per trainer: median step time, its ratio to the synchronous 0-latency step, and
    the reward wait left exposed. Target: pipelined at 1 x C <= 1.1.
 
@@ -196,8 +198,9 @@ def compare_with_trl(work: Path) -> None:
 LATENCY_MULTIPLES = (0.0, 0.5, 1.0, 3.0)
 
 
-def compare_latency(work: Path, steps: int = 6) -> None:
+def compare_latency(work: Path, rounds: int = 2, block: int = 4) -> None:
     policy = build_tiny_policy(work / "policy-medium", hidden_size=256, num_layers=4)
+    steps = rounds * block
     shape = {"steps": steps, "prompts": 8, "n": 4, "max_new_tokens": 48, "kl_coef": 0.01, "chunks": 4}
     with delayed_services([0.0]) as (instant,):
         probe = rpp_trainer(work, policy, instant.address, "calibrate", **shape)
@@ -213,19 +216,25 @@ def compare_latency(work: Path, steps: int = 6) -> None:
         }
         for key in trainers:
             runs[key] = []
-        for _ in range(steps):  # A B C ...: every trainer sees the same machine load
+        # Trainers take turns in blocks of consecutive steps, so that they share the
+        # machine's load; the first step of a block is not timed: the pause before it (the
+        # other trainers' turns) would give a pipelined trainer's reward calls free time.
+        for _ in range(rounds):
             for key, trainer in trainers.items():
-                runs[key].append(timed_step(trainer))
+                for i in range(block):
+                    metrics = timed_step(trainer)
+                    if i:
+                        runs[key].append(metrics)
         for trainer in trainers.values():
             trainer.close()
 
     def med(key, metric: str) -> float:
-        return _median_after_warmup([m[metric] for m in runs[key]])
+        return statistics.median(m[metric] for m in runs[key])
 
     base = med(("synchronous", 0.0), "wall_s")
     print(f"[latency] Qwen2 hidden 256, 4 layers, {shape['prompts'] * shape['n']} samples in {shape['chunks']} "
           f"generation chunks, {shape['max_new_tokens']} new tokens, reference model on (kl_coef {shape['kl_coef']}), "
-          f"{steps - 1} interleaved steps per trainer after 1 warm-up")
+          f"{rounds} turns of {block} consecutive steps per trainer, the last {block - 1} of each timed")
     print(f"[latency] step compute C = {compute:.3f} s (synchronous step, instant service); each reward call "
           "answered after the latency below")
     header = f"{'mode':<12} {'latency':>14} {'step s':>8} {'/ sync@0':>9} {'exposed wait':>13} {'policy lag':>11}"
