@@ -5,13 +5,18 @@
     .venv/bin/python -m bench.bench_learner --only trl
     .venv/bin/python -m bench.bench_learner --only latency
 
-1. rpp vs TRL's GRPOTrainer: the same tiny Qwen2, prompts, prompts per step, samples per
-   prompt and max new tokens, HF generate on CPU with the same torch threads (one
-   process), no reference model (KL off in both: beta=0 / kl_coef=0), one optimiser step
-   per rollout, no gradient checkpointing on either side. rpp scores through a real gRPC
-   service on loopback; TRL calls the same reward function in-process. The two trainers
-   alternate: after each TRL step (timed from the end of the previous rpp step, so it
-   includes TRL's batch fetch and logging) one rpp step runs. Target: rpp / TRL <= 0.8.
+1. rpp vs TRL's GRPOTrainer, like for like, over a sweep (model size 0.1M / 9M / 37M
+   parameters, prompts per step, new tokens), in fp32 on both sides and in bf16 autocast
+   on both sides (TRL's ``bf16``, rpp's ``optim.mixed_precision``; TRL's GRPOConfig turns
+   bf16 on by default, which an earlier version of this bench left on). Shared: the tiny
+   Qwen2, prompts, prompts per step, samples per prompt, max new tokens, temperature 1,
+   HF generate on CPU with the same torch threads (both sides in one process per point:
+   accelerate keeps one precision per process), no reference model (beta=0 / kl_coef=0),
+   one optimiser step per rollout, no gradient checkpointing, the same reward (rpp through
+   a real gRPC service on loopback, TRL in-process). Generated lengths are printed for both
+   sides. The trainers alternate steps (a TRL step is timed from the end of the previous
+   rpp step, so it includes TRL's batch fetch and logging). Printed per point: both medians,
+   the ratio, rpp's time split and the process's peak RSS. Target: rpp / TRL <= 0.8.
 2. Reward latency, the case of a slow reward farm. The step's own compute C is measured
    first (a synchronous step against a service that answers at once, on this machine), then
    trainers identical but for the mode (synchronous / pipelined, rollout.pipeline_depth 0 /
@@ -30,12 +35,17 @@ import argparse
 import asyncio
 import contextlib
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.user_function import UserFunctionScorer
@@ -74,7 +84,8 @@ def trl_digit_share(completions: list[str], **_) -> list[float]:
 
 
 def rpp_trainer(work: Path, policy: Path, address: str, name: str, *, steps: int, prompts: int, n: int,
-                max_new_tokens: int, kl_coef: float, chunks: int = 1, pipeline_depth: int = 0) -> Trainer:
+                max_new_tokens: int, kl_coef: float, chunks: int = 1, pipeline_depth: int = 0,
+                precision: str = "auto") -> Trainer:
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = config_from_dict({
@@ -84,7 +95,8 @@ def rpp_trainer(work: Path, policy: Path, address: str, name: str, *, steps: int
                     "generation_batch_prompts": prompts // chunks, "pipeline_depth": pipeline_depth},
         "rewards": {"services": [{"name": "judge", "kind": "outcome", "targets": [address]}]},
         "algo": {"kl_coef": kl_coef},
-        "optim": {"lr": 1e-4, "mini_batch_size": prompts * n, "micro_batch_size": prompts * n},
+        "optim": {"lr": 1e-4, "mini_batch_size": prompts * n, "micro_batch_size": prompts * n,
+                  "mixed_precision": precision},
         "logging": {"progress_bar": False, "tensorboard": False, "plot": False, "jsonl": False},
         "checkpoint": {"keep_last": 1},
         "output_dir": str(work / f"rpp-{name}"),
@@ -122,27 +134,34 @@ def delayed_services(latencies: list[float]):
 
 
 def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, n: int,
-                         max_new_tokens: int) -> tuple[list[float], list[float]]:
-    """TRL step, rpp step, TRL step, ... in one process; returns (rpp times, TRL times)."""
+                         max_new_tokens: int, bf16: bool) -> dict[str, Any]:
+    """TRL step, rpp step, TRL step, ... in this process; per-step times and lengths of both."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     shape = {"prompts": prompts, "n": n, "max_new_tokens": max_new_tokens}
+    precision = "bf16" if bf16 else "no"
     with reward_service("digit_share") as server:
-        ours = rpp_trainer(work, policy, server.address, "trl", steps=steps, kl_coef=0.0, **shape)
-        rpp_times: list[float] = []
+        ours = rpp_trainer(work, policy, server.address, "trl", steps=steps, kl_coef=0.0, precision=precision,
+                           **shape)
+        rpp_steps: list[dict[str, float]] = []
 
         class Interleave(TrainerCallback):
             def __init__(self):
                 self.times: list[float] = []
+                self.lengths: list[float] = []
 
             def on_train_begin(self, args, state, control, **kw):
                 self._mark = time.perf_counter()
 
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "completions/mean_length" in logs:
+                    self.lengths.append(logs["completions/mean_length"])
+
             def on_step_end(self, args, state, control, **kw):
                 self.times.append(time.perf_counter() - self._mark)  # one full TRL step
-                rpp_times.append(timed_step(ours)["wall_s"])  # then one rpp step
+                rpp_steps.append(timed_step(ours))  # then one rpp step
                 self._mark = time.perf_counter()
 
         args = GRPOConfig(
@@ -151,13 +170,15 @@ def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, 
             num_generations=n,
             steps_per_generation=1,
             max_completion_length=max_new_tokens,
+            temperature=1.0,
             beta=0.0,
+            bf16=bf16,  # GRPOConfig's default is True: set explicitly, as rpp's precision is
             gradient_checkpointing=False,  # TRL turns it on by default; rpp does not: compare like for like
             learning_rate=1e-4,
             max_steps=steps,
             use_cpu=True,
             report_to=[],
-            logging_steps=1000,
+            logging_steps=1,  # for the generated lengths; the logging is in TRL's step time
             save_strategy="no",
             disable_tqdm=True,
         )
@@ -171,7 +192,7 @@ def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, 
         )
         trainer.train()
         ours.close()
-    return rpp_times, timer.times
+    return {"rpp": rpp_steps, "trl": timer.times, "trl_lengths": timer.lengths}
 
 
 def _median_after_warmup(times: list[float]) -> float:
@@ -183,16 +204,65 @@ def _paired_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num[1:], den[1:], strict=True))
 
 
-def compare_with_trl(work: Path) -> None:
-    policy = build_tiny_policy(work / "policy-small", hidden_size=64, num_layers=2)
-    shape = {"steps": 9, "prompts": 8, "n": 4, "max_new_tokens": 32}
-    rpp_times, trl_times = interleaved_with_trl(work, policy, **shape)
-    ours, trl = _median_after_warmup(rpp_times), _median_after_warmup(trl_times)
-    print(f"[trl] tiny Qwen2 (hidden 64, 2 layers), {shape['prompts']} prompts x {shape['n']} samples, "
-          f"{shape['max_new_tokens']} new tokens, CPU, {torch.get_num_threads()} threads, "
-          f"{shape['steps'] - 1} interleaved steps each (after 1 warm-up)")
-    print(f"[trl] rpp step {ours:.3f} s | TRL GRPOTrainer step {trl:.3f} s | ratio rpp/TRL = {ours / trl:.2f} "
-          f"(medians; target <= 0.8) | median of paired ratios {_paired_ratio(rpp_times, trl_times):.2f}")
+# (name, hidden size, layers, prompts per step, new tokens); samples per prompt 4.
+TRL_SWEEP = [
+    ("0.1M", 64, 2, 8, 32),
+    ("9M", 320, 10, 8, 32),
+    ("37M", 640, 10, 8, 32),
+    ("0.1M, 64 prompts", 64, 2, 64, 32),
+    ("0.1M, 256 tokens", 64, 2, 8, 256),
+]
+
+
+def trl_point(work: Path, name: str, precision: str, steps: int = 7) -> dict[str, Any]:
+    """One sweep point in this process (``--trl-point``): figures as a dict."""
+    _, hidden, layers, prompts, tokens = next(p for p in TRL_SWEEP if p[0] == name)
+    policy = build_tiny_policy(work / "policy", hidden_size=hidden, num_layers=layers)
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy).parameters())
+    run = interleaved_with_trl(work, policy, steps=steps, prompts=prompts, n=4, max_new_tokens=tokens,
+                               bf16=precision == "bf16")
+    rpp_times = [m["wall_s"] for m in run["rpp"]]
+
+    def split(key: str) -> float:
+        return _median_after_warmup([m[key] for m in run["rpp"]])
+
+    return {
+        "point": name, "precision": precision, "params": params, "threads": torch.get_num_threads(),
+        "rpp_s": _median_after_warmup(rpp_times), "trl_s": _median_after_warmup(run["trl"]),
+        "paired_ratio": _paired_ratio(rpp_times, run["trl"]),
+        "rpp_split": {k: split(f"time/{k}_s") for k in ("rollout", "logprob", "reward_wait", "update")},
+        "rpp_length": split("response_length"),
+        "trl_length": statistics.median(run["trl_lengths"][1:]) if len(run["trl_lengths"]) > 1 else float("nan"),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def compare_with_trl(work: Path, points: list[str], precisions: list[str]) -> None:
+    """Every point in its own process (accelerate keeps one precision per process)."""
+    print(f"[trl] rpp vs TRL GRPOTrainer, CPU, 4 samples per prompt, both sides in one process per point, "
+          f"{torch.get_num_threads()} torch threads; medians of 6 interleaved steps after 1 warm-up")
+    print(f"[trl] {'point':<18} {'params':>7} {'prec':>5} {'rpp s':>7} {'TRL s':>7} {'ratio':>6} {'paired':>7} "
+          f"{'len rpp/TRL':>12} {'rpp: gen / fwd / wait / update':>31} {'peak RSS':>9}")
+    for name in points:
+        for precision in precisions:
+            if precision == "bf16" and name not in ("0.1M", "9M", "37M"):
+                continue  # the batch and length points: fp32 only
+            out = work / f"point-{_slug(name)}-{precision}.json"
+            proc = subprocess.run([sys.executable, "-m", "bench.bench_learner", "--trl-point", name, precision,
+                                   "--out", str(out)], capture_output=True, text=True)  # TRL logs every step
+            if proc.returncode != 0:
+                raise RuntimeError(f"the sweep point {name} ({precision}) failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(out.read_text())
+            split = " / ".join(f"{r['rpp_split'][k]:.2f}" for k in ("rollout", "logprob", "reward_wait", "update"))
+            ratio = r["rpp_s"] / r["trl_s"]
+            print(f"[trl] {name:<18} {r['params'] / 1e6:>6.1f}M {precision:>5} {r['rpp_s']:>7.3f} {r['trl_s']:>7.3f} "
+                  f"{ratio:>6.2f} {r['paired_ratio']:>7.2f} {r['rpp_length']:>5.1f}/{r['trl_length']:<6.1f} "
+                  f"{split:>31} {r['peak_rss_mib']:>6.0f} MiB", flush=True)
+    print("[trl] target: rpp / TRL <= 0.8 at every point, like for like (fp32 vs fp32, bf16 vs bf16)")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
 
 
 LATENCY_MULTIPLES = (0.0, 0.5, 1.0, 3.0)
@@ -252,10 +322,18 @@ def compare_latency(work: Path, rounds: int = 2, block: int = 4) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["trl", "latency"])
+    parser.add_argument("--points", nargs="+", choices=[p[0] for p in TRL_SWEEP], default=[p[0] for p in TRL_SWEEP],
+                        help="TRL sweep points to run (default: all)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--trl-point", nargs=2, metavar=("POINT", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.trl_point:
+            args.out.write_text(json.dumps(trl_point(Path(tmp), *args.trl_point)))
+            return
         if args.only in (None, "trl"):
-            compare_with_trl(Path(tmp))
+            compare_with_trl(Path(tmp), args.points, args.precisions)
         if args.only in (None, "latency"):
             compare_latency(Path(tmp))
 

@@ -150,6 +150,11 @@ class OptimConfig:
     # parameters, not FSDP-sharded; 8x faster than the per-tensor loop torch picks on CPU),
     # torch's own choice elsewhere. The fused result differs from the loop by float rounding.
     adamw_impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
+    # accelerate's mixed precision: autocast forwards over fp32 master weights. "auto" = what
+    # `accelerate launch` or its config file says ("no" for a plain rpp-train). bf16 pays on
+    # models of about 10M parameters and up on CPUs with AMX and on GPUs, and costs on tiny
+    # ones (README, "Mixed precision"): measured, so the default stays fp32.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
 @dataclass

@@ -93,7 +93,13 @@ class TrainingStopped(RuntimeError):
 class Trainer:
     def __init__(self, config: Config, accelerator: Accelerator | None = None):
         self.cfg = cfg = config
-        self.acc = accelerator or Accelerator()
+        precision = cfg.optim.mixed_precision
+        self.acc = accelerator or Accelerator(**({} if precision == "auto" else {"mixed_precision": precision}))
+        if precision != "auto" and self.acc.mixed_precision != precision:
+            raise ConfigError(
+                f"optim.mixed_precision={precision!r}, but this process's accelerate state is already "
+                f"{self.acc.mixed_precision!r} (accelerate keeps one per process); set them alike"
+            )
         refuse_unsupported_sharding(self.acc)
         refuse_gradient_accumulation(self.acc)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
@@ -255,7 +261,12 @@ class Trainer:
         self._in_hand = current  # a checkpoint saved before this update resumes with it
         rollout, b = current.rollout, current.rollout.batch
         t_rollout = time.perf_counter()
-        ref_logp = self._logprobs(self.ref_model, b) if self.ref_model is not None else None
+        ref_logp = None
+        if self.ref_model is not None:
+            # Under the policy's autocast too: pi_old and pi_ref then differ only by their
+            # weights, and the KL is exactly 0 before the first update.
+            with self.acc.autocast():
+                ref_logp = self._logprobs(self.ref_model, b)
         if self.pipelined:
             old_logp = current.behaviour_logp
         else:
