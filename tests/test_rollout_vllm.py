@@ -38,11 +38,11 @@ def services():
         yield handles
 
 
-def _config(tmp_path, policy_dir, services) -> dict:
+def _config(tmp_path, policy_dir, services, pipeline_depth: int = 0) -> dict:
     cfg = run_config(
         tmp_path, policy_dir, services,
         rollout={"engine": "vllm", "vllm_enforce_eager": True, "prompts_per_step": 4, "samples_per_prompt": 2,
-                 "max_new_tokens": 12},
+                 "max_new_tokens": 12, "pipeline_depth": pipeline_depth},
         # A large learning rate, so that greedy decoding changes within the few steps.
         optim={"lr": 5e-3, "mini_batch_size": 8, "micro_batch_size": 4},
         logging={"progress_bar": False, "tensorboard": False, "plot": False},
@@ -101,6 +101,22 @@ def test_two_processes_under_accelerate_launch(tmp_path, services):
     trained = load_file(tmp_path / "run" / f"checkpoints/step_{STEPS:06d}/policy/model.safetensors")
     start = load_file(policy_dir / "model.safetensors")
     assert not torch.equal(trained["model.norm.weight"], start["model.norm.weight"])  # it did train
+
+
+def test_pipelined_mode_samples_ahead_from_the_weights_before_the_update(tmp_path, services):
+    """Pipelined, vLLM samples step t+1 before update t is pushed to it: the learner's
+    behaviour log-probs (the weights before the update) must match what vLLM drew, at
+    every step. A push before the sampling would show as a large gap at the learning rate
+    used here."""
+    policy_dir = build_tiny_policy(tmp_path / "policy", hidden_size=128)
+    cfg = _config(tmp_path, policy_dir, services, pipeline_depth=1)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    _run([sys.executable, "-m", "rpp_learner", "--config", str(tmp_path / "run.yaml")])
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rollout/policy_lag" in r]
+    assert [r["rollout/policy_lag"] for r in steps] == [0.0] + [1.0] * (STEPS - 1)
+    gaps = _gaps(tmp_path / "run")
+    assert len(gaps) == STEPS and max(gaps) < GAP_TOLERANCE, gaps
 
 
 def test_a_step_past_vllms_prefill_budget_draws_by_seed_and_greedy_matches_hf(tmp_path):
