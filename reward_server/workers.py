@@ -23,6 +23,11 @@ kills the worker only if it stops answering (a handler that blocks its loop), fa
 tasks it held. Answers come back on one
 reader thread per worker (a large answer never blocks the event loop while it is read);
 all bookkeeping happens on the event loop of the caller.
+
+Each worker's math libraries (OpenMP, MKL, OpenBLAS: torch and numpy) get one thread
+unless the environment says otherwise, as PyTorch's DataLoader workers do: a pool is many
+processes on the same cores, and each taking every core oversubscribes them (README,
+"Threads").
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 _MAX_ERROR_CHARS = 500
 _READY = None  # the task id of the message a worker sends once its setup is done
 _ASYNC_GRACE_S = 5.0  # an async worker that misses a task's timeout by this much is stuck
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class TaskTimeout(Exception):
@@ -88,6 +94,9 @@ def _worker_main(
     conn: Connection, setup: Callable[..., Callable[..., Any]], setup_args: tuple, parent_pid: int
 ) -> None:
     _die_with_parent(parent_pid)
+    threads = os.environ.get("OMP_NUM_THREADS", "1")  # the user's choice, if any, for every library
+    for variable in _THREAD_VARIABLES:  # before setup imports the scoring code and its libraries
+        os.environ.setdefault(variable, threads)
     try:
         handler = setup(*setup_args)
     except BaseException as exc:  # noqa: BLE001 - reported to the pool, which stops starting workers

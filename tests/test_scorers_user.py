@@ -164,3 +164,14 @@ def test_an_async_function_scores_many_samples_at_once_in_one_worker(user_file):
     finally:
         scorer.close()
     assert max(r.outcome for r in results) == 16.0
+
+
+def test_worker_processes_give_math_libraries_one_thread_unless_told(tmp_path, monkeypatch):
+    """A pool is many processes on the same cores: torch in each gets one thread, as in
+    PyTorch's DataLoader workers, unless the environment sets OMP_NUM_THREADS."""
+    path = tmp_path / "threads_reward.py"
+    path.write_text("import torch\n\ndef threads(sample):\n    return float(torch.get_num_threads())\n")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert run(UserFunctionScorer(f"{path}:threads", "outcome", workers=2), SAMPLES[:1])[0].outcome == 1.0
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert run(UserFunctionScorer(f"{path}:threads", "outcome", workers=2), SAMPLES[:1])[0].outcome == 2.0
