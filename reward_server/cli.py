@@ -7,6 +7,10 @@
 ``--scorer module:attr`` calls your own Scorer class or factory with the same options.
 With ``--port 0 --ready-file F`` the server picks a free port and writes
 ``{"address", "metrics_port", "pid"}`` as JSON to F once it is serving.
+
+Exit codes: 0 drained and stopped; 2 setup error (bad flags, options, files, ports, or a
+scorer that cannot be built), one line on stderr naming it; flags, TLS files, ports and a
+local --model path are checked before the scorer loads its model.
 """
 
 from __future__ import annotations
@@ -18,16 +22,42 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from reward_server.scorers.base import Scorer
-from reward_server.server import BindError, RewardServer, ServerConfig, serve
+from reward_server.server import BindError, RewardServer, ServerConfig, _host_port, serve
 
 log = logging.getLogger("rpp-reward-server")
+
+EXIT_SETUP = 2  # a setup error: bad flags, options, files or ports; nothing was served
+
+
+class SetupError(Exception):
+    """A problem with how the server was started; the message names the flag and the fix."""
+
+
+def port_number(text: str, lowest: int = 0) -> int:
+    """An argparse type: a TCP port, 0 for any free one (and -1 for off where ``lowest`` allows it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number ({lowest}..65535)")
+    return value
+
+
+def log_level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    return text.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra scorer option (repeatable); VALUE is parsed as JSON when it can be")
     n = p.add_argument_group("server")
     n.add_argument("--host", default=d.host, help="address to bind; 0.0.0.0 or :: to serve beyond this machine")
-    n.add_argument("--port", type=int, default=d.port, help="0: any free port")
+    n.add_argument("--port", type=port_number, default=d.port, help="0: any free port")
     n.add_argument("--max-batch-samples", type=int, default=d.max_batch_samples)
     n.add_argument("--max-batch-bytes", type=int, default=d.max_batch_bytes,
                    help="Scorer.cost budget per scorer call: UTF-8 bytes (a bound on tokens) unless the "
@@ -79,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--tls-cert", help="server certificate (PEM)")
     n.add_argument("--tls-key", help="server private key (PEM)")
     n.add_argument("--tls-client-ca", help="CA for client certificates (PEM): turns on mTLS")
-    n.add_argument("--metrics-port", type=int, default=d.metrics_port,
+    n.add_argument("--metrics-port", type=lambda text: port_number(text, lowest=-1), default=d.metrics_port,
                    help="Prometheus GET /metrics over plain HTTP with no auth, even with TLS or a token "
                         "(counters only); 0: any free port; -1: off")
     n.add_argument("--metrics-host", help="address the metrics port binds (default: --host)")
@@ -88,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--ready-file", type=Path, help="write {address, metrics_port, pid} JSON here once serving")
     n.add_argument("--exit-with-parent", action="store_true",
                    help="drain and exit when the process that started this server dies (for launchers)")
-    n.add_argument("--log-level", default="INFO")
+    n.add_argument("--log-level", type=log_level, default="INFO")
     return p
 
 
@@ -114,7 +144,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--option {pair!r}: expected KEY=VALUE")
+            raise SetupError(f"--option {pair!r}: expected KEY=VALUE")
         try:
             options[key.replace("-", "_")] = json.loads(raw)
         except json.JSONDecodeError:
@@ -125,16 +155,24 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def build_scorer(name: str, options: dict[str, Any]) -> Scorer:
     if ":" in name:
         module_name, _, attr = name.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr, None)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SetupError(f"--scorer {name!r}: cannot import module {module_name!r} ({exc}); "
+                             "check the name and that it is on PYTHONPATH") from None
+        factory = getattr(module, attr, None)
         if factory is None:
-            raise SystemExit(f"--scorer {name!r}: module {module_name!r} has no attribute {attr!r}")
-        scorer = factory(**options)
+            raise SetupError(f"--scorer {name!r}: module {module_name!r} has no attribute {attr!r}")
+        try:
+            scorer = factory(**options)
+        except TypeError as exc:
+            raise SetupError(f"--scorer {name!r}: calling it with options {sorted(options)} failed: {exc}") from None
     else:
         from reward_server.scorers.registry import build_scorer as build_registered
 
         scorer = build_registered(name, **options)
     if not isinstance(scorer, Scorer):
-        raise SystemExit(f"--scorer {name!r} built a {type(scorer).__name__}, not a reward_server Scorer")
+        raise SetupError(f"--scorer {name!r} built a {type(scorer).__name__}, not a reward_server Scorer")
     return scorer
 
 
@@ -161,6 +199,84 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def _check_pem_files(config: ServerConfig) -> None:
+    """That the TLS files exist, parse, and that the key is the certificate's, as gRPC will need."""
+    files = {"--tls-cert": config.tls_cert_file, "--tls-key": config.tls_key_file,
+             "--tls-client-ca": config.tls_client_ca_file}
+    for flag, path in files.items():
+        if path and not Path(path).is_file():
+            raise SetupError(f"{flag} {path!r}: no such file")
+    if config.tls_cert_file and config.tls_key_file:
+        try:  # an encrypted key gets an empty password, and fails, rather than a prompt
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                config.tls_cert_file, config.tls_key_file, password=lambda: b""
+            )
+        except ssl.SSLError as exc:
+            cert, key = config.tls_cert_file, config.tls_key_file
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise SetupError(f"--tls-key {key!r} is not the private key of --tls-cert {cert!r} ({exc})") from None
+            raise SetupError(
+                f"--tls-cert {cert!r} and --tls-key {key!r} are not a PEM certificate and its unencrypted "
+                f"private key ({exc})"
+            ) from None
+    if config.tls_client_ca_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=config.tls_client_ca_file)
+        except ssl.SSLError as exc:
+            raise SetupError(
+                f"--tls-client-ca {config.tls_client_ca_file!r} holds no PEM certificate ({exc})"
+            ) from None
+
+
+def _check_bindable(host: str, port: int, flag: str, family: int = 0, extra: str = "") -> None:
+    """That ``host:port`` can be listened on now (one address of the host is enough, as for
+    gRPC); ``family``: only that address family, as the metrics server binds."""
+    try:
+        addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        host_flag = flag.replace("-port", "-host")
+        raise SetupError(f"cannot listen on {host!r}: the name does not resolve ({exc.strerror}); "
+                         f"give {host_flag} an address of this machine") from None
+    for af, kind, proto, _, address in addresses:
+        with socket.socket(af, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind(address)
+                return
+            except OSError:
+                continue
+    raise SetupError(
+        f"cannot listen on {_host_port(host, port)}: the address is in use (another server on that port?) or not "
+        f"this machine's; pick another {flag}, or {flag} 0 for any free one{extra}"
+    )
+
+
+def check_before_loading(args: argparse.Namespace, config: ServerConfig, options: dict[str, Any]) -> None:
+    """What can be checked before the scorer loads (a model may take minutes): limits, TLS
+    files, the ports, the ready file's folder and a local --model path."""
+    config.batching()  # its limits, checked
+    _check_pem_files(config)
+    _check_bindable(config.host, config.port, "--port")
+    if config.metrics_port is not None:
+        _check_bindable(config.metrics_host or config.host, config.metrics_port, "--metrics-port",
+                        family=socket.AF_INET, extra=", or -1 for no metrics")
+    if args.ready_file is not None:
+        folder = args.ready_file.parent
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise SetupError(f"--ready-file {str(args.ready_file)!r}: cannot write in {str(folder)!r} "
+                             f"({exc.strerror})") from None
+    model = options.get("model")
+    looks_local = isinstance(model, str) and (model.startswith((".", "/", "~")) or model.count("/") != 1)
+    if looks_local and ":" not in args.scorer and not Path(model).expanduser().exists():
+        from reward_server.scorers.registry import scorer_options
+
+        if "model" in scorer_options(args.scorer):  # else building it names the unknown option
+            raise SetupError(f"--model {model!r} does not exist; give a directory saved with save_pretrained, "
+                             "or a hub id like org/name")
+
+
 def write_ready_file(path: Path, server: RewardServer) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"address": server.address, "metrics_port": server.metrics_port, "pid": os.getpid()}))
@@ -183,17 +299,23 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _setup_failed(exc: BaseException) -> SystemExit:
+    print(f"rpp-reward-server: {exc}", file=sys.stderr, flush=True)
+    return SystemExit(EXIT_SETUP)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = {k: v for k, v in (("model", args.model), ("function", args.function), ("kind", args.kind),
                                  ("step_separator", getattr(args, "step_separator", None))) if v is not None}
-    options.update(parse_options(args.option))
     try:
+        options.update(parse_options(args.option))
         config = config_from_args(args)
+        check_before_loading(args, config, options)
         scorer = build_scorer(args.scorer, options)
-    except (ValueError, TypeError, ImportError) as exc:
-        raise SystemExit(f"rpp-reward-server: {exc}") from exc
+    except (SetupError, ValueError, TypeError, ImportError) as exc:
+        raise _setup_failed(exc) from None
 
     def on_ready(server: RewardServer) -> None:
         log.info(
@@ -216,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         close = getattr(scorer, "close", None)
         if callable(close):
             close()
-        raise SystemExit(f"rpp-reward-server: {exc}") from None
+        raise _setup_failed(exc) from None
     close = getattr(scorer, "close", None)
     if callable(close):
         close()  # worker processes

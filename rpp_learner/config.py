@@ -306,37 +306,52 @@ def _field_type(path: list[str]) -> Any:
     return tp
 
 
-def _parse_cli_value(raw: str, tp: Any) -> Any:
+def _parse_cli_value(raw: str, tp: Any, key: str) -> Any:
     """Command-line text -> value: strings stay text, everything else is read as YAML."""
     options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     if type(None) in options and raw.lower() in ("null", "none", "~"):
         return None
     if str in options or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
         return raw
-    return yaml.safe_load(raw)
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: {raw!r} is not a valid YAML value ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, and where: "mapping values are not allowed here, line 2, column 7"."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _set_path(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in the raw config, making the mappings and list entries on the
+    way; a list index may add one entry at the end, not leave a gap."""
+
+    def refuse(depth: int, why: str) -> ConfigError:
+        return ConfigError(f"override --{'.'.join(path)}: {'.'.join(path[:depth])} {why}")
+
     node: Any = raw
-    for depth, part in enumerate(path[:-1]):
-        nxt = path[depth + 1]
+    for depth, part in enumerate(path):
+        key: int | str = part
         if isinstance(node, list):
-            idx = int(part)
-            while len(node) <= idx:
+            if not part.isdigit():
+                raise refuse(depth, "is a list in the config, not a mapping")
+            key = int(part)
+            if key > len(node):
+                raise refuse(depth, f"is a list of {len(node)}, so index {key} would leave a gap; use an index "
+                                    f"below {len(node)} to change an entry, or {len(node)} to add one")
+            if key == len(node):
                 node.append({})
-            node = node[idx]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
-        node = node[part]
-    last = path[-1]
-    if isinstance(node, list):
-        idx = int(last)
-        while len(node) <= idx:
-            node.append({})
-        node[idx] = value
-    else:
-        node[last] = value
+        elif not isinstance(node, dict):
+            raise refuse(depth, "is not a mapping in the config")
+        if depth == len(path) - 1:
+            node[key] = value
+        elif isinstance(node, dict) and node.get(key) is None:
+            node[key] = [] if path[depth + 1].isdigit() else {}
+        node = node[key]
 
 
 def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
@@ -356,7 +371,7 @@ def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
             dotted, raw = arg[2:], args[i + 1]
             i += 2
         path = dotted.split(".")
-        pairs.append((path, _parse_cli_value(raw, _field_type(path))))
+        pairs.append((path, _parse_cli_value(raw, _field_type(path), f"override --{dotted}")))
     return pairs
 
 
@@ -418,9 +433,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory; give --config a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text; is it a YAML file?") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
         raw = loaded
@@ -453,6 +475,7 @@ def validate(cfg: Config) -> Config:
         "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
         "rollout.generation_batch_prompts": cfg.rollout.generation_batch_prompts,
+        "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
         "optim.mini_batch_size": cfg.optim.mini_batch_size,
         "optim.micro_batch_size": cfg.optim.micro_batch_size,
         "algo.ppo_epochs": cfg.algo.ppo_epochs,
@@ -495,8 +518,15 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}.reduce folds step scores into the outcome: it applies to process services only")
         if (svc.tls_cert is None) != (svc.tls_key is None):
             raise ConfigError(f"{key}: tls_cert and tls_key go together (mTLS)")
-    if cfg.eval.service is not None and cfg.eval.service not in names:
-        raise ConfigError(f"eval.service {cfg.eval.service!r} is not a configured reward service")
+    if cfg.eval.service is not None:
+        outcome = [s.name for s in cfg.rewards.services if s.kind == "outcome"]
+        if cfg.eval.service not in names:
+            raise ConfigError(f"eval.service {cfg.eval.service!r} is not a configured reward service")
+        if cfg.eval.service not in outcome:
+            raise ConfigError(
+                f"eval.service {cfg.eval.service!r} is a process service; accuracy is read from an outcome "
+                f"score: name an outcome service ({', '.join(map(repr, outcome)) or 'none is configured'})"
+            )
     return cfg
 
 

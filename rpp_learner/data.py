@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rpp_learner.config import ConfigError
+
 
 @dataclass(frozen=True)
 class PromptRecord:
@@ -21,45 +23,62 @@ class PromptRecord:
     row: int  # line/row number in the source file, for error messages and ids
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a leading BOM is not data
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"reading {path} needs the datasets package: pip install 'rpp[data]'") from None
+    try:
+        return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"{path}: cannot read it as parquet ({exc})") from None
+
+
 def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        return rows
+        return _read_jsonl(path)
     if path.suffix == ".parquet":
-        try:
-            import datasets
-        except ImportError:
-            raise ImportError(f"reading {path} needs the datasets package: pip install 'rpp[data]'") from None
-        return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
-    raise ValueError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl or .parquet")
+        return _read_parquet(path)
+    raise ConfigError(f"{path}: unsupported data file type {path.suffix!r}; use .jsonl or .parquet")
 
 
 def load_records(
     path: str | Path, prompt_field: str = "prompt", reference_field: str = "reference"
 ) -> list[PromptRecord]:
     """Read every row; each needs ``prompt_field`` (a string), ``reference_field`` is optional."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"data file {str(path)!r} is a directory; name a .jsonl or .parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     records = []
     for i, row in enumerate(_read_rows(path)):
         prompt = row.get(prompt_field) if isinstance(row, dict) else None
         if not isinstance(prompt, str) or not prompt:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} row {i}: no non-empty string field {prompt_field!r} "
                 f"(set data.prompt_field to the name of your prompt column)"
             )
         reference = row.get(reference_field)
         records.append(PromptRecord(prompt, None if reference is None else str(reference), i))
     if not records:
-        raise ValueError(f"{path} holds no prompts")
+        raise ConfigError(f"{path} holds no prompts")
     return records
 
 
@@ -93,6 +112,14 @@ def encode_prompt(
     else:
         body = f"{system_prompt}\n{text}" if system_prompt else text
         ids = tokenizer(body)["input_ids"]
+    if not ids:
+        # transformers builds an empty tokenizer from a model directory without tokenizer files.
+        raise ConfigError(
+            f"the prompt {text[:40]!r} encodes to no tokens with the tokenizer of {tokenizer.name_or_path!r} "
+            f"({len(tokenizer)} tokens in its vocabulary); a model directory without its tokenizer files "
+            "(tokenizer.json, tokenizer_config.json) gives such a tokenizer: set model.tokenizer_path to "
+            "one that has them"
+        )
     return ids[-max_tokens:]
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reward_server.quoting import short_repr
@@ -88,7 +89,7 @@ def load_tokenizer(config: HFServingConfig) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ValueError(
-            f"could not load a tokenizer from {config.model!r}: {exc}. "
+            f"could not load a tokenizer from {config.model!r}: {str(exc).rstrip('.')}. "
             "Pass --model a directory written by save_pretrained that holds the tokenizer files."
         ) from exc
     if isinstance(config, HFModelConfig) and config.chat_template and not tokenizer.chat_template:
@@ -129,9 +130,9 @@ def load_model(auto_class: Any, config: HFServingConfig, foreign: tuple[str, ...
             config.model, trust_remote_code=config.trust_remote_code, output_loading_info=True,
             ignore_mismatched_sizes=True, **kwargs,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ValueError(
-            f"could not load {auto_class.__name__} from {config.model!r}: {exc}. "
+            f"could not load {auto_class.__name__} from {config.model!r}: {str(exc).rstrip('.')}. "
             "Pass --model a directory written by save_pretrained (config.json + weights)."
         ) from exc
     check_loading_info(info, config.model, type(model).__name__, foreign)

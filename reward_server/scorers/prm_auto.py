@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, PretrainedConfig
 
 from reward_server.scorers.base import Scorer
@@ -100,8 +100,11 @@ def weight_names(model: str) -> set[str]:
         return set(json.loads(index.read_text()).get("weight_map", {}))
     single = path / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return set(f.keys())
+        try:
+            with safe_open(str(single), framework="pt") as f:
+                return set(f.keys())
+        except SafetensorError as exc:
+            raise ValueError(f"--scorer prm: {str(single)!r} is not a readable safetensors file: {exc}") from exc
     return set()
 
 

@@ -20,6 +20,7 @@ the missing, unexpected and mis-shaped keys, instead of scoring with a random he
 from __future__ import annotations
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
 
@@ -108,7 +109,7 @@ def load_released_prm(model_class: type[Qwen2PreTrainedModel], config: HFServing
             config.model, config=model_config, output_loading_info=True, ignore_mismatched_sizes=True,
             **from_pretrained_kwargs(config),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ValueError(f"could not load the {name} weights from {config.model!r}: {exc}") from exc
     check_loading_info(
         info, config.model, name, foreign=("",),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -140,9 +142,9 @@ def _make_config(name: str, config_class: type, options: dict[str, Any]) -> Any:
 
 
 def _coerce(value: Any, hint: Any, scorer: str, option: str) -> Any:
-    """Convert a command-line string to the option's type; other values pass unchanged."""
+    """Convert a command-line string to the option's type; a typed value is checked against it."""
     if not isinstance(value, str):
-        return value
+        return _checked(value, hint, scorer, option)
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if type(None) in allowed and value.strip().lower() in ("none", "null"):
         return None
@@ -157,6 +159,29 @@ def _coerce(value: Any, hint: Any, scorer: str, option: str) -> Any:
         raise ValueError(
             f"option {option!r} of scorer {scorer!r} must be {_type_name(hint)}, got {value!r}"
         ) from None
+
+
+def _checked(value: Any, hint: Any, scorer: str, option: str) -> Any:
+    """A typed value (JSON from ``--option``, or Python) for a bool, int, float or str option:
+    refused when it cannot be one; a number or bool for a str option is its JSON text."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    base = next(t for t in allowed if t is not type(None))
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if base is bool and (isinstance(value, bool) or value in (0, 1)):
+        return bool(value)  # JSON 1 and 0, as the text "1" and "0" are read
+    if base is int and number and isinstance(value, int):
+        return value
+    if base is float and number:
+        return float(value)
+    if base is str and (number or isinstance(value, bool)):
+        return json.dumps(value)  # --option model_name=7 means the text "7"
+    if base is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if base in (bool, int, float, str):
+        raise ValueError(f"option {option!r} of scorer {scorer!r} must be {_type_name(hint)}, got {value!r}")
+    return value
 
 
 def _type_name(hint: Any) -> str:

@@ -109,8 +109,13 @@ def load_function(spec: str) -> Callable[..., Any]:
                 "check the name and that it is on PYTHONPATH, or give a path to a .py file"
             ) from exc
     function = getattr(module, name, None)
-    if not callable(function):
+    if function is None:
         raise ValueError(f"{location!r} has no callable named {name!r} (user function spec {spec!r})")
+    if not callable(function):
+        raise ValueError(
+            f"{location!r}: {name!r} is not callable (it is of type {type(function).__name__}; "
+            f"user function spec {spec!r})"
+        )
     return function
 
 
