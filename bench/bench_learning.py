@@ -95,8 +95,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
             "steps_last": _mean_of(figures, "steps_per_response_last") if dense else None,
             # Sum of the PRM's raw step scores per training response: rising while held-out
             # accuracy falls is a policy pleasing the PRM rather than getting sums right.
-            "prm_first": _mean_of(figures, "process_reward_first") if dense else None,
-            "prm_last": _mean_of(figures, "process_reward_last") if dense else None,
+            "prm_first": _mean_of(figures, "process_sum_first") if dense else None,
+            "prm_last": _mean_of(figures, "process_sum_last") if dense else None,
             "time_s": statistics.mean(f["time_rl_s"] for f in figures),
         })
     return rows

@@ -16,7 +16,7 @@ from rpp_learner.config import LoggingConfig
 # (metric key, short label) shown on the bar and in the per-step line
 KEY_NUMBERS = [
     ("reward/total", "reward"),
-    ("reward/process", "prm"),
+    ("reward/process_step_mean", "prm/step"),
     ("kl", "kl"),
     ("response_length", "len"),
     ("clip_frac", "clip"),
@@ -26,7 +26,7 @@ KEY_NUMBERS = [
 
 PLOTTED = [
     ("reward/total", "reward"),
-    ("reward/process", "process reward"),
+    ("reward/process_sum", "process reward per response (sum of steps)"),
     ("kl", "KL (k1, per token)"),
     ("response_length", "response length"),
     ("eval/accuracy", "eval accuracy"),

@@ -16,8 +16,10 @@ def rollout_metrics(
     """Rewards, failures, lengths and KL of one step, over every process's samples.
 
     Means are of global sums / global counts (all-reduced), never means of rank means.
-    Rewards average over the samples that were scored; KL (k1, old policy vs reference)
-    over their tokens.
+    Per-response rewards average over the samples that were scored, the step mean over
+    their placed steps; KL (k1, old policy vs reference) over their tokens. Each name says
+    which: ``reward/process_sum`` grows with the number of steps, ``reward/process_step_mean``
+    does not.
     """
     valid = scored.valid.double()
     placed = scored.step_token_index >= 0
@@ -36,12 +38,14 @@ def rollout_metrics(
         mask.double().sum(),
         (placed.sum(1).double() * valid).sum(),
     ]))
+    n_steps = sums[8].item()
     n_valid = max(sums[2].item(), 1.0)
     metrics = {
-        "reward/outcome": sums[0].item() / n_valid,
-        "reward/process": sums[1].item() / n_valid,
+        "reward/outcome_weighted": sums[0].item() / n_valid,
+        "reward/process_sum": sums[1].item() / n_valid,
+        "reward/process_step_mean": sums[1].item() / n_steps if n_steps else 0.0,
         "reward/total": (sums[0] + sums[1]).item() / n_valid,
-        "reward/steps": sums[8].item() / n_valid,
+        "reward/steps_per_response": n_steps / n_valid,
         "reward/failed": sums[3].item() - sums[2].item(),
         "reward/failed_frac": 1.0 - sums[2].item() / sums[3].item(),
         "response_length": sums[4].item() / sums[3].item(),

@@ -28,7 +28,8 @@ from tests.helpers.learner_rewards import (
 from tests.helpers.tiny_models import build_tiny_policy
 
 STEP_METRICS = [
-    "reward/total", "reward/outcome", "reward/process", "reward/failed", "reward/failed_frac",
+    "reward/total", "reward/outcome_weighted", "reward/process_sum", "reward/process_step_mean",
+    "reward/steps_per_response", "reward/failed", "reward/failed_frac",
     "response_length", "truncated_frac", "kl", "loss", "clip_frac", "grad_norm", "lr",
     "time/step_s", "time/rollout_s", "time/logprob_s", "time/reward_wait_s", "time/update_s",
     "eval/accuracy",

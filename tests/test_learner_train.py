@@ -42,7 +42,7 @@ def test_toy_reward_rises(tmp_path, policy_dir, estimator, algo):
             optim={"lr": 5e-3, "mini_batch_size": 8, "micro_batch_size": 8},
         ))
         with Trainer(cfg) as trainer:
-            rewards = [m["reward/outcome"] for m in trainer.train()["history"]]
+            rewards = [m["reward/outcome_weighted"] for m in trainer.train()["history"]]
     start, end = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert end > start + 0.15 and end > 2 * start, f"{estimator}: reward {start:.3f} -> {end:.3f}: {rewards}"
 

@@ -96,7 +96,7 @@ def test_rpp_train_against_the_node_services(tmp_path, node_services):
         }
         trainer.train()
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"reward/outcome"' in line]
+             if '"reward/outcome_weighted"' in line]
     assert len(steps) == 2, steps
     assert all(m["reward/failed"] == 0 for m in steps), steps  # every response got both rewards
-    assert sum(m["reward/steps"] for m in steps) > 0, steps  # process scores were placed on tokens
+    assert sum(m["reward/steps_per_response"] for m in steps) > 0, steps  # process scores were placed on tokens

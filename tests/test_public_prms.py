@@ -405,4 +405,4 @@ def test_rpp_train_takes_dense_credit_from_a_served_public_prm(tmp_path, qwen_pr
             metrics = trainer.train()["last"]
     assert metrics["reward/failed"] == 0.0
     # Step scores in [0, 1] from the PRM, centred or not, summed over the placed reward tokens.
-    assert metrics["reward/process"] != 0.0
+    assert metrics["reward/process_sum"] != 0.0

@@ -39,8 +39,8 @@ def test_fast_quickstart_trains_against_real_grpc_services(tmp_path):
     assert figures["score_requests"]["steps"] >= steps
 
     # Reward rises: the mean training reward of the last 5 steps beats that of the first 3.
-    first = figures["outcome_reward_first"] + figures["process_reward_first"]
-    last = figures["outcome_reward_last"] + figures["process_reward_last"]
+    first = figures["outcome_weighted_first"] + figures["process_sum_first"]
+    last = figures["outcome_weighted_last"] + figures["process_sum_last"]
     assert last > first, figures
     # ... and so does held-out greedy accuracy, by well over sampling noise on 64 problems
     # (it climbs from about 30% to over 90% in 10 steps on this machine).
