@@ -155,6 +155,10 @@ class OptimConfig:
     # models of about 10M parameters and up on CPUs with AMX and on GPUs, and costs on tiny
     # ones (README, "Mixed precision"): measured, so the default stays fp32.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Rows of one prompt in a forward (its n samples) run the prompt once and share its KV
+    # cache: the same log-probs to float rounding, (n - 1) / n less prompt compute. Off under
+    # gradient checkpointing (in the update) and for models whose forward takes no cache.
+    shared_prompt_forward: bool = True
 
 
 @dataclass

@@ -358,6 +358,7 @@ class Trainer:
             micro_batch_size=self.cfg.optim.micro_batch_size,
             temperature=self.cfg.rollout.temperature,
             device=self.acc.device,
+            share_prompts=self.cfg.optim.shared_prompt_forward,
         )
 
     def _collect_scores(self, pending: list[Future], rollout: Rollout) -> ScoredBatch:

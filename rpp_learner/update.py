@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from rpp_learner.algorithms.distributed import all_reduce_sum
 from rpp_learner.algorithms.loss import global_sequence_count, global_token_count, policy_loss
 from rpp_learner.config import Config
-from rpp_learner.forward import response_logprobs
+from rpp_learner.forward import checkpointing_active, response_logprobs
 from rpp_learner.rollout.base import RolloutBatch
 from rpp_learner.sharding import as_float
 
@@ -76,10 +76,11 @@ def run_update(
             for j, c in enumerate(chunks):
                 # DDP syncs gradients on the last micro-batch only.
                 sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(policy)
-                with sync:
+                with sync, checkpointing_active(policy):
                     logp = response_logprobs(
                         policy, b.prompt_ids[c].to(dev), b.prompt_mask[c].to(dev),
                         b.response_ids[c].to(dev), b.response_mask[c].to(dev), cfg.rollout.temperature,
+                        share_prompts=cfg.optim.shared_prompt_forward,
                     )
                     if on_policy:
                         seen[c] = logp.detach().cpu()
