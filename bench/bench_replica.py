@@ -10,8 +10,11 @@
      transport refuses each before Python sees it);
    - *at the limit*: requests just under max_request_bytes, what a client that splits to
      GetInfo sends (each is received, admitted or refused by bytes, and scored).
-   Meanwhile a probe, in a process of its own (another caller, as in production), sends one
-   small request after another. Printed: the replica's peak RSS (sampled from /proc every
+   The senders run in a process of their own at nice 19 (``--sender-nice``): on a farm they
+   are other machines, and on a small shared machine at normal priority they would take the
+   cores the replica needs, so the p99 would measure the load generator. Meanwhile a probe,
+   in a process of its own at normal priority (another caller), sends one small request
+   after another. Printed: the replica's peak RSS (sampled from /proc every
    20 ms) against BOUND + 300 MB, and the probe's p99 during the flood as a ratio to its
    p99 on the quiet replica.
 2. **Math bomb.** A math-answer replica gets ``Answer: $9^{9^{9^{9}}}$`` (which keeps its
@@ -151,6 +154,12 @@ def _probe_process(address: str, seconds: float, out: multiprocessing.Queue) -> 
     out.put(asyncio.run(probe(address, small_request(), seconds, check_small)))
 
 
+def _flood_process(address: str, payload: bytes, senders: int, seconds: float, nice: int,
+                   out: multiprocessing.Queue) -> None:
+    os.nice(nice)  # the senders stand for other machines: on shared cores they yield to the replica
+    out.put(asyncio.run(flood(address, payload, senders, seconds)))
+
+
 def small_request(i: int = 0) -> bytes:
     return pb.ScoreRequest(samples=[pb.Sample(id=f"p{i}", prompt="q", response="four")]).SerializeToString()
 
@@ -167,7 +176,7 @@ def flood_payload(target_bytes: int) -> bytes:
     return pb.ScoreRequest(samples=samples).SerializeToString()
 
 
-def run_flood(bound: int, senders: int, seconds: float) -> None:
+def run_flood(bound: int, senders: int, seconds: float, sender_nice: int) -> None:
     proc, address = start_replica([
         "--scorer", "bench.serving_fixtures:TrivialScorer", "--max-inflight-bytes", str(bound),
     ])
@@ -180,7 +189,8 @@ def run_flood(bound: int, senders: int, seconds: float) -> None:
         floods = [("oversized", flood_payload(8_400_000)),
                   ("at the limit", flood_payload(info.max_request_bytes))]
         print(f"replica: --max-inflight-bytes {bound / mb:.0f} MiB, max_request_bytes "
-              f"{info.max_request_bytes / mb:.0f} MiB; {senders} senders for {seconds:g} s per flood")
+              f"{info.max_request_bytes / mb:.0f} MiB; {senders} senders for {seconds:g} s per flood, "
+              f"in a process of their own at nice {sender_nice}")
         for name, payload in floods:
             quiet_out = spawn.Queue()
             quiet_probe = spawn.Process(target=_probe_process, args=(address, seconds / 2, quiet_out))
@@ -189,11 +199,16 @@ def run_flood(bound: int, senders: int, seconds: float) -> None:
             quiet_probe.join()
             loud_out = spawn.Queue()
             loud_probe = spawn.Process(target=_probe_process, args=(address, seconds, loud_out))
+            flood_out = spawn.Queue()
+            flooder = spawn.Process(target=_flood_process,
+                                    args=(address, payload, senders, seconds, sender_nice, flood_out))
             with PeakRSS(proc.pid) as peak:
                 loud_probe.start()
-                counts = asyncio.run(flood(address, payload, senders, seconds))
+                flooder.start()
+                counts = flood_out.get()
                 loud = loud_out.get()
                 loud_probe.join()
+                flooder.join()
             within = peak.peak <= bound + 300 * mb
             ratio = p99(loud) / p99(quiet)
             print(f"flood {name}: {len(payload) / 1e6:.1f} MB requests; " + ", ".join(
@@ -255,10 +270,13 @@ def main() -> None:
     parser.add_argument("--bound-mib", type=int, default=64, help="--max-inflight-bytes of the flooded replica")
     parser.add_argument("--senders", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--sender-nice", type=int, default=19, choices=range(20), metavar="0..19",
+                        help="niceness of the flooding senders' process (default 19: on a farm the senders are "
+                             "other machines; 0 lets them compete with the replica for these cores)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     if args.only in (None, "flood"):
-        run_flood(args.bound_mib << 20, args.senders, args.seconds)
+        run_flood(args.bound_mib << 20, args.senders, args.seconds, args.sender_nice)
     if args.only in (None, "bomb"):
         run_bomb(args.seconds)
 
