@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.bench_learner            # both comparisons
     .venv/bin/python -m bench.bench_learner --only trl
     .venv/bin/python -m bench.bench_learner --only latency
+    .venv/bin/python -m bench.bench_learner --only shared
 
 1. rpp vs TRL's GRPOTrainer, like for like, over a sweep (model size 0.1M / 9M / 37M
    parameters, prompts per step, new tokens), in fp32 on both sides and in bf16 autocast
@@ -26,6 +27,10 @@
    chunks, each submitted when decoded.
    Printed per trainer: median step time, its ratio to the synchronous 0-latency step, and
    the reward wait left exposed. Target: pipelined at 1 x C <= 1.1.
+
+3. The shared-prompt forward (``optim.shared_prompt_forward``) on and off, two trainers
+   identical but for it, steps interleaved, at the 9.4M point with the reference model on:
+   the old-policy + reference forwards, the update and the whole step, with their ratios.
 
 The first step of every run is warm-up and is left out of the medians.
 """
@@ -85,7 +90,7 @@ def trl_digit_share(completions: list[str], **_) -> list[float]:
 
 def rpp_trainer(work: Path, policy: Path, address: str, name: str, *, steps: int, prompts: int, n: int,
                 max_new_tokens: int, kl_coef: float, chunks: int = 1, pipeline_depth: int = 0,
-                precision: str = "auto") -> Trainer:
+                precision: str = "auto", shared_prompt: bool = True) -> Trainer:
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = config_from_dict({
@@ -96,7 +101,7 @@ def rpp_trainer(work: Path, policy: Path, address: str, name: str, *, steps: int
         "rewards": {"services": [{"name": "judge", "kind": "outcome", "targets": [address]}]},
         "algo": {"kl_coef": kl_coef},
         "optim": {"lr": 1e-4, "mini_batch_size": prompts * n, "micro_batch_size": prompts * n,
-                  "mixed_precision": precision},
+                  "mixed_precision": precision, "shared_prompt_forward": shared_prompt},
         "logging": {"progress_bar": False, "tensorboard": False, "plot": False, "jsonl": False},
         "checkpoint": {"keep_last": 1},
         "output_dir": str(work / f"rpp-{name}"),
@@ -265,6 +270,32 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
+def compare_shared_prompt(work: Path, steps: int = 7) -> None:
+    """The shared-prompt forward on and off, steps interleaved, at the 9M sweep point with the
+    reference model on (kl_coef 0.01: old-policy, reference and update forwards all run)."""
+    policy = build_tiny_policy(work / "policy-shared", hidden_size=320, num_layers=10)
+    shape = {"steps": steps, "prompts": 8, "n": 4, "max_new_tokens": 32, "kl_coef": 0.01}
+    with reward_service("digit_share") as server:
+        trainers = {on: rpp_trainer(work, policy, server.address, f"shared-{on}", shared_prompt=on, **shape)
+                    for on in (True, False)}
+        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+        for _ in range(steps):
+            for on, trainer in trainers.items():
+                runs[on].append(timed_step(trainer))
+        for trainer in trainers.values():
+            trainer.close()
+
+    def med(on: bool, key: str) -> float:
+        return _median_after_warmup([m[key] for m in runs[on]])
+
+    print(f"[shared] Qwen2 9.4M, {shape['prompts']} prompts x {shape['n']} samples x {shape['max_new_tokens']} tokens, "
+          f"one micro-batch, reference model on; medians of {steps - 1} interleaved steps after 1 warm-up")
+    for key, label in (("time/logprob_s", "old + reference forwards"), ("time/update_s", "update"),
+                       ("wall_s", "whole step")):
+        print(f"[shared] {label:<25} shared {med(True, key):7.3f} s   plain {med(False, key):7.3f} s   "
+              f"ratio {med(True, key) / med(False, key):.2f}")
+
+
 LATENCY_MULTIPLES = (0.0, 0.5, 1.0, 3.0)
 
 
@@ -321,7 +352,7 @@ def compare_latency(work: Path, rounds: int = 2, block: int = 4) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["trl", "latency"])
+    parser.add_argument("--only", choices=["trl", "latency", "shared"])
     parser.add_argument("--points", nargs="+", choices=[p[0] for p in TRL_SWEEP], default=[p[0] for p in TRL_SWEEP],
                         help="TRL sweep points to run (default: all)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -336,6 +367,8 @@ def main() -> None:
             compare_with_trl(Path(tmp), args.points, args.precisions)
         if args.only in (None, "latency"):
             compare_latency(Path(tmp))
+        if args.only in (None, "shared"):
+            compare_shared_prompt(Path(tmp))
 
 
 if __name__ == "__main__":
