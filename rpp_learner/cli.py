@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rpp-train: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if trainer.acc.is_main_process:
-        last = {k: float(f"{v:.4g}") for k, v in summary["last"].items() if not k.startswith("time/")}  # lr 1e-5 stays 1e-05
+        # 4 significant digits, not 4 decimals: lr 1e-5 stays 1e-05
+        last = {k: float(f"{v:.4g}") for k, v in summary["last"].items() if not k.startswith("time/")}
         print(f"rpp-train: done, {summary['steps']} steps; checkpoint {summary['checkpoint']}; last {json.dumps(last)}")
     return 0
 
