@@ -42,6 +42,7 @@ from pathlib import Path
 
 import grpc
 
+from reward_server.contract import REQUEST_BYTES_METADATA
 from reward_server.proto import reward_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ async def probe(address: str, request: bytes, seconds: float, check) -> list[flo
             started = time.perf_counter()
             for attempt in range(20):  # refused: back off and retry, as RewardClient does
                 try:
-                    check(await call(request, timeout=30))
+                    check(await call(request, timeout=30, metadata=declared_size(request)))
                     break
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -127,8 +128,16 @@ async def probe(address: str, request: bytes, seconds: float, check) -> list[flo
     return latencies
 
 
-async def flood(address: str, payload: bytes, senders: int, seconds: float) -> dict[str, int]:
-    """``senders`` callers, each sending ``payload`` again as soon as it is answered or refused."""
+def declared_size(request: bytes) -> tuple:
+    """The metadata RewardClient sends with each Score call: the request's size, by which the
+    replica admits the call before reading it."""
+    return ((REQUEST_BYTES_METADATA, str(len(request))),)
+
+
+async def flood(address: str, payload: bytes, senders: int, seconds: float, declare: bool) -> dict[str, int]:
+    """``senders`` callers, each sending ``payload`` again as soon as it is answered or refused;
+    ``declare``: with its size in metadata, as RewardClient sends it."""
+    metadata = declared_size(payload) if declare else None
     counts: dict[str, int] = {}
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
@@ -138,7 +147,7 @@ async def flood(address: str, payload: bytes, senders: int, seconds: float) -> d
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 try:
-                    await call(payload, timeout=60)
+                    await call(payload, timeout=60, metadata=metadata)
                     counts["OK"] = counts.get("OK", 0) + 1
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -154,10 +163,10 @@ def _probe_process(address: str, seconds: float, out: multiprocessing.Queue) -> 
     out.put(asyncio.run(probe(address, small_request(), seconds, check_small)))
 
 
-def _flood_process(address: str, payload: bytes, senders: int, seconds: float, nice: int,
+def _flood_process(address: str, payload: bytes, senders: int, seconds: float, nice: int, declare: bool,
                    out: multiprocessing.Queue) -> None:
     os.nice(nice)  # the senders stand for other machines: on shared cores they yield to the replica
-    out.put(asyncio.run(flood(address, payload, senders, seconds)))
+    out.put(asyncio.run(flood(address, payload, senders, seconds, declare)))
 
 
 def small_request(i: int = 0) -> bytes:
@@ -186,12 +195,16 @@ def run_flood(bound: int, senders: int, seconds: float, sender_nice: int) -> Non
         with grpc.insecure_channel(address) as channel:
             info = channel.unary_unary("/rpp.reward.v1.RewardService/GetInfo", request_serializer=None,
                                        response_deserializer=pb.GetInfoResponse.FromString)(b"", timeout=10)
-        floods = [("oversized", flood_payload(8_400_000)),
-                  ("at the limit", flood_payload(info.max_request_bytes))]
+        # Oversized: senders that ignore GetInfo (and declare nothing). At the limit: what
+        # RewardClient sends, split to GetInfo and with its size declared; and the same from
+        # a client that does not declare it (another language's, say).
+        floods = [("oversized", flood_payload(8_400_000), False),
+                  ("at the limit", flood_payload(info.max_request_bytes), True),
+                  ("at the limit, undeclared", flood_payload(info.max_request_bytes), False)]
         print(f"replica: --max-inflight-bytes {bound / mb:.0f} MiB, max_request_bytes "
               f"{info.max_request_bytes / mb:.0f} MiB; {senders} senders for {seconds:g} s per flood, "
               f"in a process of their own at nice {sender_nice}")
-        for name, payload in floods:
+        for name, payload, declare in floods:
             quiet_out = spawn.Queue()
             quiet_probe = spawn.Process(target=_probe_process, args=(address, seconds / 2, quiet_out))
             quiet_probe.start()
@@ -201,7 +214,7 @@ def run_flood(bound: int, senders: int, seconds: float, sender_nice: int) -> Non
             loud_probe = spawn.Process(target=_probe_process, args=(address, seconds, loud_out))
             flood_out = spawn.Queue()
             flooder = spawn.Process(target=_flood_process,
-                                    args=(address, payload, senders, seconds, sender_nice, flood_out))
+                                    args=(address, payload, senders, seconds, sender_nice, declare, flood_out))
             with PeakRSS(proc.pid) as peak:
                 loud_probe.start()
                 flooder.start()

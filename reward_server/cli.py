@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
     n.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
                    help="largest Score request gRPC receives (default: gRPC's 4 MiB; advertised in GetInfo, clients "
-                        "split to it); bigger ones are refused by the transport before they are parsed. Each "
-                        "call in transit may hold this much (README, 'What a replica guarantees')")
+                        "split to it); bigger ones are refused by the transport before they are parsed. A call "
+                        "that does not declare its size (rpp-request-bytes) counts as this much until read")
     n.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes,
                    help="serialized Score requests held at once, queued or scored; past it RESOURCE_EXHAUSTED "
-                        "before parsing (the memory bound for requests: about 3x this, see README)")
+                        "before the message is read (the memory bound for requests: about 3x this, see README)")
     n.add_argument("--max-concurrent-calls", type=int, default=d.max_concurrent_calls,
                    help="Score calls held at once; past it RESOURCE_EXHAUSTED")
     n.add_argument("--token-env", default="RPP_REWARD_TOKEN",

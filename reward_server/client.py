@@ -33,6 +33,7 @@ from reward_server.contract import (
     BAD_INFO,
     CLIENT_CLOSED,
     PROTOCOL_ERROR,
+    REQUEST_BYTES_METADATA,
     REQUEST_TOO_LARGE,
     SERVICE_NAME,
     UNHEALTHY,
@@ -292,7 +293,9 @@ class RewardClient:
         self._check_open()  # it may have waited for the slot while the client closed
         for attempt in range(self._retry_attempts):
             try:
-                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=self._metadata)
+                # The size up front lets the server admit the call before reading it.
+                metadata = (*self._metadata, (REQUEST_BYTES_METADATA, str(request.ByteSize())))
+                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=metadata)
                 break
             except grpc.aio.AioRpcError as exc:
                 delay = busy_retry_delay(exc, attempt)

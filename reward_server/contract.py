@@ -22,6 +22,10 @@ NO_SAMPLE_LIMIT = 2**32 - 1  # what GetInfo.max_samples_per_request = 0 means (u
 # A busy server's RESOURCE_EXHAUSTED carries gRPC's server-pushback trailer; a "too big"
 # one does not. The value is a delay in milliseconds.
 PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
+# Score metadata a client may send: the serialized ScoreRequest's size in bytes. A server
+# then admits the call by that size before it reads the message; without it the server
+# must assume the largest message it accepts (reward.proto, "Admission").
+REQUEST_BYTES_METADATA = "rpp-request-bytes"
 
 # Per-sample errors (SampleResult.error.code). Clients treat unknown codes as errors too.
 INVALID_SAMPLE = "INVALID_SAMPLE"  # the sample is unusable: bad spans, too long, no reference

@@ -35,7 +35,13 @@ from reward_server.batching import (
     QueueFull,
     ScorerStuck,
 )
-from reward_server.contract import CONTRACT_VERSION, GRPC_DEFAULT_RECEIVE_BYTES, PUSHBACK_TRAILER, SERVICE_NAME
+from reward_server.contract import (
+    CONTRACT_VERSION,
+    GRPC_DEFAULT_RECEIVE_BYTES,
+    PUSHBACK_TRAILER,
+    REQUEST_BYTES_METADATA,
+    SERVICE_NAME,
+)
 from reward_server.metrics import ServerMetrics
 from reward_server.proto import reward_pb2 as pb
 from reward_server.proto import reward_pb2_grpc
@@ -69,12 +75,11 @@ class ServerConfig:
     max_samples_per_request: int = 1024  # advertised in GetInfo; clients split to it
     max_sample_bytes: int = 1 << 20  # prompt + response + reference; larger -> per-sample error
     # Largest Score request gRPC receives (advertised in GetInfo; clients split to it). gRPC's
-    # own default: grpcio reads a whole message before a handler sees it, so every call in
-    # transit costs up to this much before admission can refuse it, and a bigger one is
-    # refused by the transport without reaching Python (README, "What a replica guarantees").
+    # own default; a bigger one is refused by the transport without reaching Python, and a
+    # call that does not declare its size counts as this big until it is read.
     max_message_bytes: int = GRPC_DEFAULT_RECEIVE_BYTES
     # Admission: serialized Score requests held at once (queued or being scored), and Score
-    # calls at once; past either, RESOURCE_EXHAUSTED before the request is parsed. With
+    # calls at once; past either, RESOURCE_EXHAUSTED before the message is read. With
     # them the memory for requests is bounded (README, "What a replica guarantees").
     max_inflight_bytes: int = 128 << 20
     max_concurrent_calls: int = 256
@@ -118,6 +123,11 @@ class ServerConfig:
             ("grpc.keepalive_permit_without_calls", 1),
             # Refuse to share a fixed port with another process (silent split traffic otherwise).
             ("grpc.so_reuseport", 0),
+            # Back-pressure: a Score call's message stays with its sender until admission reads
+            # it. With BDP probing the transport grows each stream's window and takes whole
+            # unread messages in (32 pending 4 MiB calls: 164 MiB; without it 37 MiB). A read
+            # still opens the window to the message's size.
+            ("grpc.http2.bdp_probe", 0),
         ]
 
 
@@ -187,23 +197,62 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._metrics.requests.labels("GetInfo", "OK").inc()
         return convert.info_to_proto(self.info())
 
-    async def score_bytes(self, raw: bytes, context) -> pb.ScoreResponse:
-        """Score, from the request's bytes: admitted within the byte and call budgets (else
-        RESOURCE_EXHAUSTED, before any parsing), then parsed here."""
-        size = len(raw)
-        refusal = self._admission_refusal(size)
+    async def score_call(self, requests, context) -> pb.ScoreResponse:
+        """Score, admitted before its message is read: within the call budget, and within
+        the byte budget by the size the client declares in ``rpp-request-bytes`` metadata
+        (or, undeclared, the largest message accepted). Refused calls are never read, so a
+        flood costs neither their bytes nor the CPU to receive them; their messages stay
+        with the senders (HTTP/2 flow control). The handler is request-streaming only to
+        decide when to read: on the wire Score is unary, one message each way."""
+        declared = self._declared_bytes(context)
+        if declared is not None and declared < 0:
+            await self._invalid(context, f"{REQUEST_BYTES_METADATA} metadata must be the serialized request's size "
+                                         "in bytes, a decimal integer")
+        if declared is not None and declared > self._config.max_message_bytes:
+            # Too big, not busy: no pushback, so clients do not retry it (the contract).
+            self._metrics.requests.labels("Score", "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the request is {declared} bytes, more than max_request_bytes="
+                                f"{self._config.max_message_bytes}; split it (GetInfo.max_request_bytes)")
+        reserved = self._config.max_message_bytes if declared is None else declared
+        refusal = self._admission_refusal(reserved, declared is not None)
         if refusal:
             self._metrics.requests.labels("Score", "RESOURCE_EXHAUSTED").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, trailing_metadata=BUSY_PUSHBACK)
-        self._bytes_in_flight += size
+        self._bytes_in_flight += reserved
         self._calls_in_flight += 1
         try:
+            raw = await self._read_one(context)
+            if declared is not None and len(raw) != declared:
+                await self._invalid(context, f"the request is {len(raw)} bytes, but its {REQUEST_BYTES_METADATA} "
+                                             f"metadata said {declared}: send the serialized ScoreRequest's size")
+            self._bytes_in_flight += len(raw) - reserved
+            reserved = len(raw)
             return await self._parse_and_score(raw, context)
         finally:
-            self._bytes_in_flight -= size
+            self._bytes_in_flight -= reserved
             self._calls_in_flight -= 1
 
-    def _admission_refusal(self, size: int) -> str | None:
+    def _declared_bytes(self, context) -> int | None:
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_BYTES_METADATA:
+                return int(value) if value.isdigit() and len(value) <= 12 else -1
+        return None
+
+    async def _read_one(self, context) -> bytes:
+        raw = await context.read()
+        if raw is grpc.aio.EOF:
+            await self._invalid(context, "Score got no request message: send one ScoreRequest")
+        if await context.read() is not grpc.aio.EOF:
+            await self._invalid(context, "Score is unary: send exactly one ScoreRequest per call")
+        return raw
+
+    async def _invalid(self, context, details: str) -> None:
+        self._metrics.requests.labels("Score", "INVALID_ARGUMENT").inc()
+        self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+    def _admission_refusal(self, size: int, declared: bool) -> str | None:
         cfg = self._config
         if self._calls_in_flight >= cfg.max_concurrent_calls:
             return (f"reward server overloaded: {self._calls_in_flight} Score calls in flight, the limit "
@@ -216,7 +265,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             and self._bytes_in_flight
             and self._bytes_in_flight + size > cfg.max_inflight_bytes
         ):
-            return (f"reward server overloaded: {self._bytes_in_flight} request bytes held and {size} more would "
+            what = (f"{size} more" if declared else
+                    f"a request of undeclared size (up to max_message_bytes={cfg.max_message_bytes}; declare it "
+                    f"in {REQUEST_BYTES_METADATA} metadata to be admitted by its size)")
+            return (f"reward server overloaded: {self._bytes_in_flight} request bytes held and {what} would "
                     f"exceed max_inflight_bytes={cfg.max_inflight_bytes}; retry with backoff or add replicas")
         return None
 
@@ -314,8 +366,9 @@ def add_reward_servicer(servicer: RewardServicer, server: grpc.aio.Server) -> No
     """``reward_pb2_grpc.add_RewardServiceServicer_to_server``, with the requests handed over
     as bytes: the servicer parses them and answers a bad payload with INVALID_ARGUMENT."""
     handlers = {
-        "Score": grpc.unary_unary_rpc_method_handler(
-            servicer.score_bytes, request_deserializer=None, response_serializer=pb.ScoreResponse.SerializeToString
+        # Request-streaming so that admission runs before the message is read (score_call).
+        "Score": grpc.stream_unary_rpc_method_handler(
+            servicer.score_call, request_deserializer=None, response_serializer=pb.ScoreResponse.SerializeToString
         ),
         "GetInfo": grpc.unary_unary_rpc_method_handler(
             servicer.info_bytes, request_deserializer=None, response_serializer=pb.GetInfoResponse.SerializeToString

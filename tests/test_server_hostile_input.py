@@ -158,30 +158,53 @@ def test_340k_steps_are_split_while_other_calls_are_answered(tmp_path, functions
 
 
 def test_admission_is_bounded_in_bytes_and_in_calls(functions):
-    """Past max_inflight_bytes or max_concurrent_calls a call is refused at once, before it
-    is parsed, with RESOURCE_EXHAUSTED (clients back off and retry), and the held calls finish."""
+    """Past max_inflight_bytes or max_concurrent_calls a call is refused at once, before its
+    message is read, with RESOURCE_EXHAUSTED (clients back off and retry), and the held calls
+    finish. Calls are admitted by the size they declare in rpp-request-bytes metadata (as
+    RewardClient does); an undeclared one is taken to be as big as the largest message."""
     config = ServerConfig(metrics_port=None, max_inflight_bytes=1 << 20, max_concurrent_calls=2)
     scorer = UserFunctionScorer(f"{functions}:slow", isolation="thread")
     big = pb.ScoreRequest(samples=[pb.Sample(id="b", prompt="q", response="x" * 700_000)]).SerializeToString()
     small = pb.ScoreRequest(samples=[pb.Sample(id="s", prompt="q", response="x")]).SerializeToString()
+
+    def declared(payload: bytes, size: int | None = None) -> tuple:
+        return (("rpp-request-bytes", str(len(payload) if size is None else size)),)
+
     with start_in_thread(scorer, config) as server, grpc.insecure_channel(server.address) as channel:
         call = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=pb.ScoreResponse.FromString)
-        first = call.future(big, timeout=30)
+        first = call.future(big, timeout=30)  # nothing held: taken without a declaration
         time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as by_bytes:
-            call(big, timeout=10)  # 1.4 MB held would exceed 1 MiB
+            call(big, timeout=10, metadata=declared(big))  # 1.4 MB held would exceed 1 MiB
         assert by_bytes.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_inflight_bytes=1048576" in by_bytes.value.details()
-        second = call.future(small, timeout=30)  # fits in bytes: the 2nd call allowed
+        with pytest.raises(grpc.RpcError) as undeclared:
+            call(small, timeout=10)  # could be up to 4 MiB: not read while 700 kB are held
+        assert undeclared.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "undeclared size" in undeclared.value.details()
+        second = call.future(small, timeout=30, metadata=declared(small))  # small: the 2nd call allowed
         time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as by_calls:
-            call(small, timeout=10)
+            call(small, timeout=10, metadata=declared(small))
         assert by_calls.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_concurrent_calls=2" in by_calls.value.details()
-        for refused in (by_bytes.value, by_calls.value):  # busy, with gRPC's pushback trailer
+        for refused in (by_bytes.value, undeclared.value, by_calls.value):  # busy, with gRPC's pushback trailer
             assert dict(refused.trailing_metadata()).get("grpc-retry-pushback-ms") == "50"
         assert first.result().results[0].outcome == 1.0 and second.result().results[0].outcome == 1.0
         assert call(small, timeout=30).results[0].outcome == 1.0  # room again
+
+        # A declaration must be the truth and a number; one past the message limit is "too
+        # big" (no pushback: not worth retrying).
+        for metadata, code, words in [
+            (declared(small, len(small) - 1), grpc.StatusCode.INVALID_ARGUMENT, "metadata said"),
+            (declared(small, "12abc"), grpc.StatusCode.INVALID_ARGUMENT, "decimal integer"),
+            (declared(small, 5 << 20), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_request_bytes=4194304"),
+        ]:
+            with pytest.raises(grpc.RpcError) as bad:
+                call(small, timeout=10, metadata=metadata)
+            assert bad.value.code() is code and words in bad.value.details(), bad.value.details()
+            assert "grpc-retry-pushback-ms" not in dict(bad.value.trailing_metadata() or ())
+        assert call(small, timeout=30, metadata=declared(small)).results[0].outcome == 1.0
 
 
 def test_the_metrics_port_serves_metrics_only(functions):
