@@ -197,7 +197,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._metrics.requests.labels("GetInfo", "OK").inc()
         return convert.info_to_proto(self.info())
 
-    async def score_call(self, requests, context) -> pb.ScoreResponse:
+    async def score_call(self, _request_stream, context) -> pb.ScoreResponse:
         """Score, admitted before its message is read: within the call budget, and within
         the byte budget by the size the client declares in ``rpp-request-bytes`` metadata
         (or, undeclared, the largest message accepted). Refused calls are never read, so a
@@ -248,6 +248,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         return raw
 
     async def _invalid(self, context, details: str) -> None:
+        """INVALID_ARGUMENT for the call, counted and logged (rate-limited); raises."""
         self._metrics.requests.labels("Score", "INVALID_ARGUMENT").inc()
         self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
@@ -279,14 +280,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         try:
             request = pb.ScoreRequest.FromString(raw)
         except DecodeError as exc:
-            self._metrics.requests.labels("Score", "INVALID_ARGUMENT").inc()
-            details = (
+            await self._invalid(context, (
                 f"the request is not a valid rpp.reward.v1.ScoreRequest ({len(raw)} bytes): "
                 f"{short_repr(str(exc), 200)}; "
                 "serialize a ScoreRequest, with every string valid UTF-8"
-            )
-            self._refusals.warning("refused a Score request from %s: %s", context.peer(), details)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+            ))
         return await self.Score(request, context, request_bytes=len(raw))
 
     async def info_bytes(self, raw: bytes, context) -> pb.GetInfoResponse:
