@@ -86,6 +86,15 @@ class RewardServiceUnavailable(RewardServiceError):
     """Every replica was unreachable after retries."""
 
 
+def _score_bytes_rpc(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+    """Score taking the request already serialized: the client serializes it once, for its
+    size and for the wire (the generated stub would serialize it again)."""
+    return channel.unary_unary(
+        f"/{SERVICE_NAME}/Score", request_serializer=None,
+        response_deserializer=pb.ScoreResponse.FromString, _registered_method=True,
+    )
+
+
 def _copy_error(exc: BaseException) -> BaseException:
     """One exception object per waiting caller, so that their tracebacks do not pile up on one."""
     if isinstance(exc, RewardServiceError):
@@ -142,7 +151,7 @@ class RewardClient:
         self._health_service = SERVICE_NAME
         self._channel = self._open_channel(self._health_service)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
-        self._score_rpc = self._stub.Score
+        self._score_rpc = _score_bytes_rpc(self._channel)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._info: ServiceInfo | None = None
         self._info_call: asyncio.Future[ServiceInfo] | None = None
@@ -197,7 +206,7 @@ class RewardClient:
             old, self._health_service = self._channel, ""
             self._channel = self._open_channel("")
             self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
-            self._score_rpc = self._stub.Score
+            self._score_rpc = _score_bytes_rpc(self._channel)
             await old.close()
             return None
         if full == "NOT_FOUND" and empty == "NOT_FOUND":
@@ -267,8 +276,11 @@ class RewardClient:
         if len(samples) <= info.max_samples_per_request:
             # The usual case: one request. Built in place and sized once, not per sample.
             request = convert.score_request(samples)
-            if request.ByteSize() <= int(max_bytes * 0.95):
-                return await send(request)
+            # Serialized once, here: the size decides the split, is declared to the server
+            # and is what goes out (upb's ByteSize() costs as much as serializing).
+            payload = request.SerializeToString()
+            if len(payload) <= int(max_bytes * 0.95):
+                return await send(request, payload)
             chunks = list(split_requests(request.samples, info.max_samples_per_request, max_bytes))
         else:
             messages = [convert.sample_to_proto(s) for s in samples]
@@ -284,18 +296,21 @@ class RewardClient:
             raise
         return [result for part in parts for result in part]
 
-    async def _score_request(self, request: pb.ScoreRequest) -> list[Result]:
+    async def _score_request(self, request: pb.ScoreRequest, payload: bytes | None = None) -> list[Result]:
         async with self._slots:
-            return await self._call(request)
+            return await self._call(request, payload)
 
-    async def _call(self, request: pb.ScoreRequest) -> list[Result]:
-        """One Score RPC; the caller holds a slot."""
+    async def _call(self, request: pb.ScoreRequest, payload: bytes | None = None) -> list[Result]:
+        """One Score RPC; the caller holds a slot. ``payload``: ``request`` serialized, where
+        the caller has it already."""
         self._check_open()  # it may have waited for the slot while the client closed
+        if payload is None:
+            payload = request.SerializeToString()
+        # The size up front lets the server admit the call before reading it.
+        metadata = (*self._metadata, (REQUEST_BYTES_METADATA, str(len(payload))))
         for attempt in range(self._retry_attempts):
             try:
-                # The size up front lets the server admit the call before reading it.
-                metadata = (*self._metadata, (REQUEST_BYTES_METADATA, str(request.ByteSize())))
-                response = await self._score_rpc(request, timeout=self.timeout_s, metadata=metadata)
+                response = await self._score_rpc(payload, timeout=self.timeout_s, metadata=metadata)
                 break
             except grpc.aio.AioRpcError as exc:
                 delay = busy_retry_delay(exc, attempt)
