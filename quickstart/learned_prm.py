@@ -65,6 +65,7 @@ from quickstart.task import (
 )
 from reward_server.scorers.prm_inputs import QWEN_PRM_SYSTEM_PROMPT, qwen_math_prm_input
 from reward_server.scorers.prm_models import Qwen2ForProcessRewardModel
+from rpp_learner.rollout.sampling import sampling_processors
 
 RECIPE_VERSION = 2
 SEPARATOR_TOKEN = "<extra_0>"
@@ -128,8 +129,8 @@ def sample_responses(
         for i, r in enumerate(rows):  # left padding for generation
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=1.0, top_k=0, top_p=1.0, pad_token_id=pad, eos_token_id=eos)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             logits_processor=sampling_processors(), pad_token_id=pad, eos_token_id=eos)
         for (_, response), row in zip(chunk, gen[:, width:], strict=True):
             out.append(response + tokenizer.decode(row, skip_special_tokens=True))
     return out

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from rpp_learner.data import PromptOrder, encode_prompt
 from rpp_learner.rollout import SamplingParams, eos_token_ids
 from rpp_learner.rollout.base import RolloutBatch, concat_batches, pad_left, pad_right
 from rpp_learner.rollout.hf import HFRolloutEngine, response_mask_until_eos
+from rpp_learner.rollout.sampling import sample_inverse_cdf, sampling_processors
 from rpp_learner.step_stats import sampler_mismatch_metrics
 from tests.helpers.tiny_models import build_tiny_policy
 
@@ -47,7 +50,7 @@ def test_hf_engine_shapes_masks_and_seeded_draws(policy):
     assert torch.equal(batch.response_ids, again.response_ids)
     tail = engine.generate(prompts[2:], params, seed=11 + 2)
     torch.testing.assert_close(tail.response_ids, batch.response_ids[6:, : tail.response_ids.shape[1]])
-    greedy = engine.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=6, greedy=True), seed=0)
+    greedy = engine.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=6, greedy=True), seed=5)
     assert torch.equal(greedy.response_ids[0], greedy.response_ids[1])
 
 
@@ -59,7 +62,7 @@ def test_chat_template_and_prompt_order(policy):
         tok, "hi", apply_chat_template=False, system_prompt=None, max_tokens=512
     ) == tok("hi")["input_ids"]
     assert len(encode_prompt(tok, "what is 12 + 7?", apply_chat_template=False, system_prompt=None, max_tokens=3)) == 3
-    order = PromptOrder(5, seed=1)
+    order = PromptOrder(5, seed=5)
     first_epoch = order.indices(0, 5)
     assert sorted(first_epoch) == list(range(5))
     assert order.indices(3, 4)[:2] == first_epoch[3:] and sorted(order.indices(5, 5)) == list(range(5))
@@ -82,3 +85,44 @@ def test_sampler_logprobs_survive_the_chunk_join_and_measure_the_gap():
         [a, RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, b.truncated)], 0
     )
     assert hf_like.sampler_logprobs is None and sampler_mismatch_metrics(hf_like, policy) == {}
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_zero():
+    torch.manual_seed(0)
+    p = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0, 0.0])  # zeros inside and at the end
+    draws = sample_inverse_cdf(p.repeat(200_000, 1))
+    freq = torch.bincount(draws, minlength=len(p)).double() / len(draws)
+    assert freq[p == 0].sum() == 0
+    torch.testing.assert_close(freq, p.double(), atol=4e-3, rtol=0)
+    # A row whose float32 sum is not exactly 1 is drawn in proportion, never past its end.
+    q = torch.tensor([[0.25, 0.25, 0.0]]) * 1.0000001
+    assert sample_inverse_cdf(q.repeat(10_000, 1)).max() <= 1
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (1.5, 5, 1.0), (1.3, 0, 0.9)])
+def test_hf_engine_samples_the_policy_distribution(policy, temperature, top_k, top_p):
+    """The engine's first tokens, over many draws, against the distribution HF's own warpers
+    define from the policy's logits (temperature, then top-k, then top-p)."""
+    model, tok = policy
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # a random model's next token is nearly uniform: sharpen it, so
+        model.model.norm.weight.mul_(4.0)  # a few thousand draws can tell distributions apart
+    engine = HFRolloutEngine(model, eos_token_ids(tok, model), tok.pad_token_id)
+    prompt = tok("what is 12 + 7?")["input_ids"]
+    n = 4000
+    batch = engine.generate([prompt], SamplingParams(n=n, max_new_tokens=1, temperature=temperature, top_k=top_k,
+                                                     top_p=top_p), seed=4)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[:, -1].float()
+    warped = LogitsProcessorList(sampling_processors(temperature, top_k, top_p)[:-1])(None, logits)
+    expected = warped.softmax(-1)[0].double()
+    freq = torch.bincount(batch.response_ids[:, 0], minlength=len(expected)).double()[: len(expected)] / n
+    assert freq[expected == 0].sum() == 0, "drew a token the warpers removed"
+    # Total variation over the 8 likeliest tokens and the rest together (a flat tail of
+    # hundreds of rare tokens would make any full-vocabulary distance chance-dominated).
+    top = expected.topk(8).indices
+    def buckets(q):
+        return torch.cat([q[top], (q.sum() - q[top].sum()).unsqueeze(0)])
+    tv = 0.5 * (buckets(freq) - buckets(expected)).abs().sum()
+    assert tv < 0.03, f"total variation {tv:.4f} (about 0.01 by chance)"
+    assert expected.max() < 0.8, "one token takes it all: the test would not tell a sampler from argmax"

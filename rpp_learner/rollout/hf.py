@@ -1,4 +1,5 @@
-"""Rollouts with Hugging Face ``generate``: left-padded prompt chunks, n samples each."""
+"""Rollouts with Hugging Face ``generate``: left-padded prompt chunks, n samples each,
+drawn by inverse CDF (``rollout/sampling.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rpp_learner.rollout.base import (
     concat_batches,
     pad_left,
 )
+from rpp_learner.rollout.sampling import sampling_processors
 
 
 def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,35 +69,36 @@ class HFRolloutEngine(RolloutEngine):
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> RolloutBatch:
         device = self.model.device
         prompt_ids, prompt_mask = pad_left(prompts, self.pad_id)
-        if params.greedy:
-            gen = GenerationConfig(do_sample=False, num_beams=1)
-        else:
-            gen = GenerationConfig(
-                do_sample=True,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,  # 0 disables; HF's own default would be 50
-            )
-        gen.max_new_tokens = params.max_new_tokens
-        gen.num_return_sequences = 1 if params.greedy else params.n
-        gen.eos_token_id = self.eos_ids
-        gen.pad_token_id = self.pad_id
-        gen.use_cache = True  # explicit: a model config with use_cache=False would re-run the prefix
+        # Always a greedy generate: sampling is done by the last logits processor (inverse
+        # CDF, see rollout/sampling.py; torch.multinomial is most of a small model's
+        # sampling time on CPU). Greedy draws once per prompt and is copied n times; a
+        # sampled chunk repeats each prompt n times, as num_return_sequences would.
+        draws = 1 if params.greedy else params.n
+        processors = None if params.greedy else sampling_processors(params.temperature, params.top_k, params.top_p)
+        gen = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,  # explicit: a model config with use_cache=False would re-run the prefix
+        )
         devices = [device] if device.type == "cuda" else []
         # inference_mode: no autograd bookkeeping at all. Its output tensors cannot be saved
         # for backward, so everything returned below is a fresh (ordinary) tensor.
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             torch.manual_seed(seed)
             out = self.model.generate(
-                input_ids=prompt_ids.to(device),
-                attention_mask=prompt_mask.to(device),
+                input_ids=prompt_ids.repeat_interleave(draws, 0).to(device),
+                attention_mask=prompt_mask.repeat_interleave(draws, 0).to(device),
                 generation_config=gen,
+                logits_processor=processors,
             )
         response_ids = out[:, prompt_ids.shape[1] :].cpu().clone()
         response_mask, truncated = response_mask_until_eos(response_ids, self.eos_ids)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
         response_ids, response_mask = _trim_padding(response_ids, response_mask)
-        copies = params.n // gen.num_return_sequences  # greedy draws once, then copies
+        copies = params.n // draws
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(params.n, 0),
             prompt_mask=prompt_mask.repeat_interleave(params.n, 0),
