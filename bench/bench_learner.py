@@ -209,19 +209,21 @@ def _paired_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num[1:], den[1:], strict=True))
 
 
-# (name, hidden size, layers, prompts per step, new tokens); samples per prompt 4.
+# (name, hidden size, layers, prompts per step, new tokens, steps per side); samples per
+# prompt 4. Short steps get more of them: a median of 6 steps of 0.1 s moved by 2x between
+# runs on this shared machine.
 TRL_SWEEP = [
-    ("0.1M", 64, 2, 8, 32),
-    ("9M", 320, 10, 8, 32),
-    ("37M", 640, 10, 8, 32),
-    ("0.1M, 64 prompts", 64, 2, 64, 32),
-    ("0.1M, 256 tokens", 64, 2, 8, 256),
+    ("0.1M", 64, 2, 8, 32, 41),
+    ("9M", 320, 10, 8, 32, 9),
+    ("37M", 640, 10, 8, 32, 7),
+    ("0.1M, 64 prompts", 64, 2, 64, 32, 17),
+    ("0.1M, 256 tokens", 64, 2, 8, 256, 17),
 ]
 
 
-def trl_point(work: Path, name: str, precision: str, steps: int = 7) -> dict[str, Any]:
+def trl_point(work: Path, name: str, precision: str) -> dict[str, Any]:
     """One sweep point in this process (``--trl-point``): figures as a dict."""
-    _, hidden, layers, prompts, tokens = next(p for p in TRL_SWEEP if p[0] == name)
+    _, hidden, layers, prompts, tokens, steps = next(p for p in TRL_SWEEP if p[0] == name)
     policy = build_tiny_policy(work / "policy", hidden_size=hidden, num_layers=layers)
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy).parameters())
     run = interleaved_with_trl(work, policy, steps=steps, prompts=prompts, n=4, max_new_tokens=tokens,
@@ -245,7 +247,7 @@ def trl_point(work: Path, name: str, precision: str, steps: int = 7) -> dict[str
 def compare_with_trl(work: Path, points: list[str], precisions: list[str]) -> None:
     """Every point in its own process (accelerate keeps one precision per process)."""
     print(f"[trl] rpp vs TRL GRPOTrainer, CPU, 4 samples per prompt, both sides in one process per point, "
-          f"{torch.get_num_threads()} torch threads; medians of 6 interleaved steps after 1 warm-up")
+          f"{torch.get_num_threads()} torch threads; medians of 6-40 interleaved steps per side after 1 warm-up")
     print(f"[trl] {'point':<18} {'params':>7} {'prec':>5} {'rpp s':>7} {'TRL s':>7} {'ratio':>6} {'paired':>7} "
           f"{'len rpp/TRL':>12} {'rpp: gen / fwd / wait / update':>31} {'peak RSS':>9}")
     for name in points:
