@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "that does not declare its size (rpp-request-bytes) counts as this much until read")
     n.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes,
                    help="serialized Score requests held at once, queued or scored; past it RESOURCE_EXHAUSTED "
-                        "before the message is read (the memory bound for requests: about 3x this, see README)")
+                        "before the message is read (the memory bound for requests: about 3x this, see README). Other "
+                        "calls wait behind what it admits: a few of the largest requests keeps them quick")
     n.add_argument("--max-concurrent-calls", type=int, default=d.max_concurrent_calls,
                    help="Score calls held at once; past it RESOURCE_EXHAUSTED")
     n.add_argument("--token-env", default="RPP_REWARD_TOKEN",
