@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reward_server.batching import check_stuck_sample_timeout
 from reward_server.scorers.base import Scorer
 from reward_server.server import BindError, RewardServer, ServerConfig, _host_port, serve
 
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
     n.add_argument("--scorer-timeout-s", type=float, default=d.scorer_timeout_s,
                    help="limit of one scorer call: past it its samples get TIMEOUT, health says NOT_SERVING "
-                        "and new calls get UNAVAILABLE until the call returns (0: no limit)")
+                        "and new calls get UNAVAILABLE until the call returns (0: no limit). Must be above a user "
+                        "function's --option timeout_s, so a hung sample's worker is killed first")
     n.add_argument("--max-queue", type=int, default=d.max_queue)
     n.add_argument("--max-samples-per-request", type=int, default=d.max_samples_per_request)
     n.add_argument("--max-sample-bytes", type=int, default=d.max_sample_bytes)
@@ -300,6 +302,12 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _close_scorer(scorer: Scorer) -> None:
+    close = getattr(scorer, "close", None)
+    if callable(close):
+        close()
+
+
 def _setup_failed(exc: BaseException) -> SystemExit:
     print(f"rpp-reward-server: {exc}", file=sys.stderr, flush=True)
     return SystemExit(EXIT_SETUP)
@@ -316,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
         check_before_loading(args, config, options)
         scorer = build_scorer(args.scorer, options)
     except (SetupError, ValueError, TypeError, ImportError) as exc:
+        raise _setup_failed(exc) from None
+    try:
+        check_stuck_sample_timeout(scorer, config.scorer_timeout_s)
+    except ValueError as exc:
+        _close_scorer(scorer)
         raise _setup_failed(exc) from None
 
     def on_ready(server: RewardServer) -> None:
@@ -336,13 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         stuck = asyncio.run(serve(scorer, config, on_ready))
     except BindError as exc:
-        close = getattr(scorer, "close", None)
-        if callable(close):
-            close()
+        _close_scorer(scorer)
         raise _setup_failed(exc) from None
-    close = getattr(scorer, "close", None)
-    if callable(close):
-        close()  # worker processes
+    _close_scorer(scorer)  # worker processes
     if stuck:
         # A thread stuck in the scorer would keep the interpreter from exiting (it joins its
         # threads at exit), so SIGTERM would never end the process: leave without it.

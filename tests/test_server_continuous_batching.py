@@ -105,3 +105,23 @@ def test_non_blocking_scorers_run_on_the_server_loop_and_blocking_ones_on_their_
         loop_thread = asyncio.run(run())
         assert (scorer.threads == {loop_thread}) is (not blocking), (blocking, scorer.threads, loop_thread)
         assert sum(scorer.batch_sizes) == 8
+
+
+def test_a_server_timeout_at_or_below_the_scorers_own_stuck_sample_timeout_is_refused() -> None:
+    """A user function's worker is killed at its timeout_s; a server timeout that fires
+    first would fail the whole batch and keep health NOT_SERVING until then."""
+    scorer = GatedScorer(blocking=False)
+    scorer.ends_stuck_sample_after_s = 30.0
+
+    async def build(scorer_timeout_s: float) -> None:
+        await DynamicBatcher(scorer, BatchingConfig(scorer_timeout_s=scorer_timeout_s)).close()
+
+    for too_short in (10.0, 30.0):
+        try:
+            asyncio.run(build(too_short))
+        except ValueError as exc:
+            assert f"scorer_timeout_s={too_short:g} s" in str(exc) and "timeout_s=30 s" in str(exc)
+        else:
+            raise AssertionError(f"scorer_timeout_s={too_short} was accepted")
+    asyncio.run(build(31.0))
+    asyncio.run(build(0.0))  # no server limit: only the scorer's own

@@ -170,7 +170,7 @@ def test_a_stuck_scorer_turns_health_not_serving_and_back(tmp_path, functions):
 @pytest.mark.parametrize("isolation", ["process", "thread"])
 def test_sigterm_ends_the_server_in_time_with_a_hung_function(tmp_path, functions, isolation):
     proc, address = start(tmp_path, functions, "sync_hang", "--option", f"isolation={isolation}",
-                          "--option", "timeout_s=600", "--scorer-timeout-s", "600", "--grace-s", "1")
+                          "--option", "timeout_s=600", "--scorer-timeout-s", "700", "--grace-s", "1")
     client = BlockingRewardClient(address, timeout_s=60, retry_attempts=1)
     try:
         with ThreadPoolExecutor(1) as pool:

@@ -194,6 +194,12 @@ SERVER_CASES: dict[str, tuple[Callable[[Setup], list[str]], str]] = {
     "ready_file_folder_missing": (lambda s: _trap_server(s, "--ready-file", str(s.d / "no" / "ready.json")),
                                   "no/ready.json': cannot write in"),
     "batch_limit_zero": (lambda s: _trap_server(s, "--max-batch-samples", "0"), "max_batch_samples must be >= 1"),
+    # A hung sample's worker would be killed only at the function's 30 s: meanwhile its
+    # whole batch gets TIMEOUT and health says NOT_SERVING.
+    "scorer_timeout_before_the_function_timeout": (
+        lambda s: ["--scorer", "user", "--function", "examples/custom_reward_service.py:brevity_reward",
+                   "--scorer-timeout-s", "10"],
+        "ends a stuck sample itself after timeout_s=30 s, but scorer_timeout_s=10 s"),
     "port_out_of_range": (lambda s: ["--scorer", "math-answer", "--port", "70000"], "is not a port number"),
     "unknown_log_level": (lambda s: ["--scorer", "math-answer", "--log-level", "LOUD"], "is not a log level"),
 }

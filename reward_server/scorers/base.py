@@ -29,6 +29,10 @@ class Scorer(abc.ABC):
     # forward at a time); a scorer backed by a pool of workers sets its pool size, so a
     # slow sample in one batch does not hold up the batches behind it.
     max_concurrent_batches: int = 1
+    # Seconds after which the scorer itself ends a stuck sample (a user function's worker
+    # process is killed and that sample gets TIMEOUT); None if it never does. The server
+    # refuses a scorer_timeout_s at or below it (see batching.check_stuck_sample_timeout).
+    ends_stuck_sample_after_s: float | None = None
 
     @abc.abstractmethod
     async def score(self, samples: list[Sample]) -> list[Result]:

@@ -162,6 +162,8 @@ class UserFunctionScorer(Scorer):
                        concurrency=ASYNC_TASKS_PER_WORKER if self._is_async else 1)
             if isolation == "process" else None
         )
+        # Its workers are killed at timeout_s: the server's own timeout must come later.
+        self.ends_stuck_sample_after_s = timeout_s if self._pool is not None else None
         # Batches go to free workers while another batch waits for a slow sample.
         self.max_concurrent_batches = workers if self._pool is not None else 1
         self._threads = (
