@@ -31,6 +31,8 @@
 3. The shared-prompt forward (``optim.shared_prompt_forward``) on and off, two trainers
    identical but for it, steps interleaved, at the 9.4M point with the reference model on:
    the old-policy + reference forwards, the update and the whole step, with their ratios.
+   Then the HF engine's shared prompt prefill (rollout/hf.py) on and off, generations
+   interleaved, at the same point.
 
 The first step of every run is warm-up and is left out of the medians.
 """
@@ -298,6 +300,31 @@ def compare_shared_prompt(work: Path, steps: int = 7) -> None:
               f"ratio {med(True, key) / med(False, key):.2f}")
 
 
+def compare_shared_prefill(work: Path, rounds: int = 12) -> None:
+    """The HF engine with each prompt's prefill run once for its n samples, and with n
+    copies of the prompt prefilled (as ``num_return_sequences`` does), interleaved."""
+    from transformers import AutoTokenizer
+
+    from rpp_learner.rollout import SamplingParams, eos_token_ids
+    from rpp_learner.rollout.hf import HFRolloutEngine
+
+    path = build_tiny_policy(work / "policy-prefill", hidden_size=320, num_layers=10)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS[:8]]
+    params = SamplingParams(n=4, max_new_tokens=32)
+    engines = {on: HFRolloutEngine(model, eos_token_ids(tok, model), tok.pad_token_id, batch_prompts=8,
+                                   share_prompt_prefill=on) for on in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(rounds):
+        for on, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.generate(prompts, params, seed=i)
+            times[on].append(time.perf_counter() - t0)
+    shared, plain = _median_after_warmup(times[True]), _median_after_warmup(times[False])
+    print(f"[shared] generation, 8 prompts x 4 samples x 32 tokens: prefill shared {shared:7.3f} s   "
+          f"per sample {plain:7.3f} s   ratio {shared / plain:.2f} (medians of {rounds - 1}, interleaved)")
+
+
 LATENCY_MULTIPLES = (0.0, 0.5, 1.0, 3.0)
 
 
@@ -371,6 +398,7 @@ def main() -> None:
             compare_latency(Path(tmp))
         if args.only in (None, "shared"):
             compare_shared_prompt(Path(tmp))
+            compare_shared_prefill(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ def _forward_parameters(forward_type: type) -> frozenset[str]:
         return frozenset()
 
 
-def _takes_logits_to_keep(forward_type: type) -> bool:
+def takes_logits_to_keep(forward_type: type) -> bool:
     return "logits_to_keep" in _forward_parameters(forward_type)
 
 
-def _cache_argument(forward_type: type) -> str | None:
+def cache_argument_name(forward_type: type) -> str | None:
     """What the model's forward calls its KV cache: ``cache`` from transformers 5.24 on,
     ``past_key_values`` before; None if it takes neither."""
     parameters = _forward_parameters(forward_type)
@@ -80,7 +80,7 @@ def response_logprobs(
         logits = shared_prompt_logits(model, prompt_ids, resp, attention, positions, unique, inverse)
     else:
         kwargs = {}
-        if _takes_logits_to_keep(type(_base_model(model))):
+        if takes_logits_to_keep(type(_base_model(model))):
             # The logits at the last prompt token and the response tokens but the last one
             # predict the response; width + 1 positions from the end, the last one unused.
             kwargs["logits_to_keep"] = width + 1
@@ -127,7 +127,7 @@ def _can_share_prompts(model: torch.nn.Module) -> bool:
     checkpointing, which turns the cache off while it records the graph."""
     base = _base_model(model)
     checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
-    return (_takes_logits_to_keep(type(base)) and _cache_argument(type(base)) is not None
+    return (takes_logits_to_keep(type(base)) and cache_argument_name(type(base)) is not None
             and not (checkpointing and torch.is_grad_enabled()))
 
 
@@ -149,7 +149,7 @@ def shared_prompt_logits(
     tokens' compute, in every forward and backward.
     """
     p = prompt_ids.shape[1]
-    cache_argument = _cache_argument(type(_base_model(model)))
+    cache_argument = cache_argument_name(type(_base_model(model)))
     first = model(
         input_ids=prompt_ids[unique], attention_mask=attention[unique, :p], position_ids=positions[unique, :p],
         use_cache=True, logits_to_keep=1,

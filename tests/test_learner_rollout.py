@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLis
 from rpp_learner.data import PromptOrder, encode_prompt
 from rpp_learner.rollout import SamplingParams, eos_token_ids
 from rpp_learner.rollout.base import RolloutBatch, concat_batches, pad_left, pad_right
-from rpp_learner.rollout.hf import HFRolloutEngine, response_mask_until_eos
+from rpp_learner.rollout.hf import HFRolloutEngine, response_mask_until_eos, shared_prefix_cache
 from rpp_learner.rollout.sampling import sample_inverse_cdf, sampling_processors
 from rpp_learner.step_stats import sampler_mismatch_metrics
 from tests.helpers.tiny_models import build_tiny_policy
@@ -52,6 +52,23 @@ def test_hf_engine_shapes_masks_and_seeded_draws(policy):
     torch.testing.assert_close(tail.response_ids, batch.response_ids[6:, : tail.response_ids.shape[1]])
     greedy = engine.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=6, greedy=True), seed=5)
     assert torch.equal(greedy.response_ids[0], greedy.response_ids[1])
+
+
+def test_a_shared_prompt_prefill_draws_what_a_prefill_per_sample_draws(policy):
+    """Each prompt's prefill runs once and its cache is repeated for the n samples: the same
+    logits up to float rounding, so the same seeded draws as n copies of the prompt each."""
+    model, tok = policy
+    prompts = [tok(t)["input_ids"] for t in ["hi", "what is 12 + 7?", "the cat sat", "2x = 6"]]  # padded
+    params = SamplingParams(n=4, max_new_tokens=8, temperature=1.3, top_p=0.95)
+    batches = {share: HFRolloutEngine(model, eos_token_ids(tok, model), tok.pad_token_id, batch_prompts=4,
+                                      share_prompt_prefill=share).generate(prompts, params, seed=3)
+               for share in (True, False)}
+    assert torch.equal(batches[True].response_ids, batches[False].response_ids)
+    assert torch.equal(batches[True].response_mask, batches[False].response_mask)
+    assert len(set(map(tuple, batches[True].response_ids[:4].tolist()))) > 1  # n different samples
+    ids, mask = pad_left(prompts, tok.pad_token_id)
+    [cache] = shared_prefix_cache(model, ids, mask, copies=4).values()  # the shared path did run
+    assert cache.get_seq_length() == ids.shape[1] - 1
 
 
 def test_chat_template_and_prompt_order(policy):

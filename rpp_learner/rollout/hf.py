@@ -1,5 +1,12 @@
 """Rollouts with Hugging Face ``generate``: left-padded prompt chunks, n samples each,
-drawn by inverse CDF (``rollout/sampling.py``)."""
+drawn by inverse CDF (``rollout/sampling.py``).
+
+A prompt's n samples share its prefill: ``generate`` with n copies of each prompt would run
+every prompt token n times. Instead each prompt but its last token runs once, its KV cache
+is repeated n times, and ``generate`` goes on from it (it runs only the tokens the cache
+does not hold: the last prompt token, then the response). The same logits up to float
+rounding; at 8 prompts x 4 samples it saves 7-15% of a 9M model's generation on CPU.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from rpp_learner.forward import cache_argument_name, takes_logits_to_keep
 from rpp_learner.rollout.base import (
     RolloutBatch,
     RolloutEngine,
@@ -25,6 +33,25 @@ def response_mask_until_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> t
     return (eos_before == 0).long(), ~is_eos.any(dim=1)
 
 
+def shared_prefix_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        copies: int) -> dict:
+    """``generate``'s cache argument holding each left-padded prompt but its last token, run
+    once and repeated ``copies`` times in the batch; {} where the model cannot take one.
+    Positions come from the mask, as ``generate`` computes them."""
+    argument = cache_argument_name(type(model))
+    if argument is None or copies < 2 or prompt_ids.shape[1] < 2:
+        return {}
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    keep = {"logits_to_keep": 1} if takes_logits_to_keep(type(model)) else {}
+    out = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                position_ids=positions[:, :-1], use_cache=True, **keep)
+    cache = getattr(out, argument, None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return {}
+    cache.batch_repeat_interleave(copies)
+    return {argument: cache}
+
+
 def _trim_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop trailing all-padding columns (every sample ended before them)."""
     width = max(int(mask.sum(dim=1).max().item()), 1)
@@ -38,7 +65,7 @@ class HFRolloutEngine(RolloutEngine):
 
     def __init__(
         self, model: PreTrainedModel, eos_ids: list[int], pad_id: int, batch_prompts: int = 16,
-        owns_weights: bool = False,
+        owns_weights: bool = False, share_prompt_prefill: bool = True,
     ):
         if not eos_ids:
             raise ValueError("the tokenizer/model has no EOS token: set one so responses can end")
@@ -47,6 +74,7 @@ class HFRolloutEngine(RolloutEngine):
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.batch_prompts = batch_prompts
+        self.share_prompt_prefill = share_prompt_prefill  # see the module docstring
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -88,11 +116,14 @@ class HFRolloutEngine(RolloutEngine):
         # for backward, so everything returned below is a fresh (ordinary) tensor.
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             torch.manual_seed(seed)
+            cache = (shared_prefix_cache(self.model, prompt_ids.to(device), prompt_mask.to(device), draws)
+                     if self.share_prompt_prefill else {})
             out = self.model.generate(
                 input_ids=prompt_ids.repeat_interleave(draws, 0).to(device),
                 attention_mask=prompt_mask.repeat_interleave(draws, 0).to(device),
                 generation_config=gen,
                 logits_processor=processors,
+                **cache,
             )
         response_ids = out[:, prompt_ids.shape[1] :].cpu().clone()
         response_mask, truncated = response_mask_until_eos(response_ids, self.eos_ids)
