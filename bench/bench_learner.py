@@ -14,9 +14,12 @@
    HF generate on CPU with the same torch threads (both sides in one process per point:
    accelerate keeps one precision per process), no reference model (beta=0 / kl_coef=0),
    one optimiser step per rollout, no gradient checkpointing, the same reward (rpp through
-   a real gRPC service on loopback, TRL in-process). Generated lengths are printed for both
-   sides. The trainers alternate steps (a TRL step is timed from the end of the previous
-   rpp step, so it includes TRL's batch fetch and logging). Printed per point: both medians,
+   a real gRPC service on loopback, TRL in-process), and every response exactly max new
+   tokens long (EOS held back: rpp's ``rollout.min_new_tokens``, TRL's ``min_new_tokens``
+   generation kwarg), so neither side decodes or trains on fewer tokens by chance.
+   Generated lengths are printed for both sides. The trainers alternate steps (a TRL step
+   is timed from the end of the previous rpp step, so it includes TRL's batch fetch and
+   logging). Printed per point: both medians,
    the ratio, rpp's time split and the process's peak RSS. Target: rpp / TRL <= 0.8.
 2. Reward latency, the case of a slow reward farm. The step's own compute C is measured
    first (a synchronous step against a service that answers at once, on this machine), then
@@ -92,13 +95,14 @@ def trl_digit_share(completions: list[str], **_) -> list[float]:
 
 def rpp_trainer(work: Path, policy: Path, address: str, name: str, *, steps: int, prompts: int, n: int,
                 max_new_tokens: int, kl_coef: float, chunks: int = 1, pipeline_depth: int = 0,
-                precision: str = "auto", shared_prompt: bool = True) -> Trainer:
+                precision: str = "auto", shared_prompt: bool = True, min_new_tokens: int = 0) -> Trainer:
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = config_from_dict({
         "model": {"path": str(policy)},
         "data": {"train_path": str(data)},
         "rollout": {"prompts_per_step": prompts, "samples_per_prompt": n, "max_new_tokens": max_new_tokens,
+                    "min_new_tokens": min_new_tokens,
                     "generation_batch_prompts": prompts // chunks, "pipeline_depth": pipeline_depth},
         "rewards": {"services": [{"name": "judge", "kind": "outcome", "targets": [address]}]},
         "algo": {"kl_coef": kl_coef},
@@ -151,7 +155,7 @@ def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, 
     precision = "bf16" if bf16 else "no"
     with reward_service("digit_share") as server:
         ours = rpp_trainer(work, policy, server.address, "trl", steps=steps, kl_coef=0.0, precision=precision,
-                           **shape)
+                           min_new_tokens=max_new_tokens, **shape)
         rpp_steps: list[dict[str, float]] = []
 
         class Interleave(TrainerCallback):
@@ -177,6 +181,7 @@ def interleaved_with_trl(work: Path, policy: Path, *, steps: int, prompts: int, 
             num_generations=n,
             steps_per_generation=1,
             max_completion_length=max_new_tokens,
+            generation_kwargs={"min_new_tokens": max_new_tokens},  # equal lengths on both sides
             temperature=1.0,
             beta=0.0,
             bf16=bf16,  # GRPOConfig's default is True: set explicitly, as rpp's precision is

@@ -62,6 +62,9 @@ class RolloutConfig:
     prompts_per_step: int = 64  # global, across all processes
     samples_per_prompt: int = 4
     max_new_tokens: int = 256
+    # No EOS before this many tokens (HF min_new_tokens, vLLM min_tokens); 0 = off. For
+    # benchmarks that need equal lengths on both sides, and formats with a fixed length.
+    min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -493,6 +496,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"optim.mini_batch_size ({cfg.optim.mini_batch_size}) must divide the rollout batch "
             f"(rollout.prompts_per_step * rollout.samples_per_prompt = {rollout_samples})"
+        )
+    if not 0 <= cfg.rollout.min_new_tokens <= cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"rollout.min_new_tokens must be between 0 and rollout.max_new_tokens ({cfg.rollout.max_new_tokens}), "
+            f"got {cfg.rollout.min_new_tokens}"
         )
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 (evaluation is always greedy)")

@@ -323,6 +323,7 @@ class Trainer:
         params = SamplingParams(
             n=cfg.samples_per_prompt,
             max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,

@@ -60,6 +60,7 @@ def test_one_address_as_a_string_is_a_list(tmp_path):
         (["--rewards.services.0.kind", "critic"], "rewards.services.0.kind: 'critic' is not one of"),
         (["--optim.mini_batch_size", "7"], "optim.mini_batch_size (7) must divide the rollout batch"),
         (["--algo.kl_coef"], "has no value"),
+        (["--rollout.min_new_tokens", "100000"], "rollout.min_new_tokens must be between 0 and rollout.max_new_tokens"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, overrides, message):

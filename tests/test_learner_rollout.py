@@ -71,6 +71,17 @@ def test_a_shared_prompt_prefill_draws_what_a_prefill_per_sample_draws(policy):
     assert cache.get_seq_length() == ids.shape[1] - 1
 
 
+def test_min_new_tokens_holds_eos_back(policy):
+    model, tok = policy
+    engine = HFRolloutEngine(model, eos_token_ids(tok, model), tok.pad_token_id, batch_prompts=4)
+    prompts = [tok(t)["input_ids"] for t in ["hi", "what is 12 + 7?", "the cat sat", "2x = 6"]]
+    free = engine.generate(prompts, SamplingParams(n=64, max_new_tokens=12, temperature=3.0), seed=0)
+    held = engine.generate(prompts, SamplingParams(n=64, max_new_tokens=12, min_new_tokens=8, temperature=3.0),
+                           seed=0)
+    assert (free.response_mask.sum(1) < 8).any(), "no early EOS drawn: the test would show nothing"
+    assert (held.response_mask.sum(1) >= 8).all()
+
+
 def test_chat_template_and_prompt_order(policy):
     _, tok = policy
     ids = encode_prompt(tok, "hi", apply_chat_template=True, system_prompt="be brief", max_tokens=512)

@@ -131,3 +131,14 @@ def test_a_step_past_vllms_prefill_budget_draws_by_seed_and_greedy_matches_hf(tm
     assert len({tuple(r) for r in out["sampled"][:4]}) > 1  # the 4 samples of a prompt differ
     assert out["gap_rows_filled"] == out["tokens"]  # a log-prob for every drawn token
     assert out["greedy_vllm"] == out["greedy_hf"]
+    assert out["shortest_free"] < 6 and out["shortest_held"] == 6  # min_new_tokens holds EOS back
+
+
+def test_sampling_settings_vllm_refuses_stop_the_run_at_start():
+    from rpp_learner.config import Config, ConfigError
+    from rpp_learner.rollout import check_engine
+
+    cfg = Config()
+    cfg.rollout.engine, cfg.rollout.temperature = "vllm", 3.0  # vLLM caps it at 2
+    with pytest.raises(ConfigError, match=r"rollout.engine=vllm refuses these rollout settings: temperature"):
+        check_engine(cfg)

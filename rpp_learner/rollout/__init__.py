@@ -27,9 +27,10 @@ def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
 def check_engine(cfg: Config) -> None:
     """Refuse an engine that cannot run here before any model loads (rpp-train exits 2)."""
     if cfg.rollout.engine == "vllm":
-        from rpp_learner.rollout.vllm_engine import check_vllm_usable
+        from rpp_learner.rollout.vllm_engine import check_vllm_sampling, check_vllm_usable
 
         check_vllm_usable()
+        check_vllm_sampling(cfg)
 
 
 def make_engine(

@@ -17,6 +17,7 @@ import torch
 class SamplingParams:
     n: int = 1  # samples per prompt
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # no EOS before this many tokens
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off

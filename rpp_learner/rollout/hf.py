@@ -107,6 +107,7 @@ class HFRolloutEngine(RolloutEngine):
             do_sample=False,
             num_beams=1,
             max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens or None,  # HF's processor masks EOS, before ours draw
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             use_cache=True,  # explicit: a model config with use_cache=False would re-run the prefix

@@ -53,6 +53,19 @@ def check_vllm_usable() -> None:
         )
 
 
+def check_vllm_sampling(cfg: Config) -> None:
+    """Raise ConfigError when vLLM refuses the rollout's sampling settings (it caps the
+    temperature at 2, for one), so a run stops at start, not at its first rollout."""
+    from vllm import SamplingParams
+
+    r = cfg.rollout
+    try:
+        SamplingParams(n=r.samples_per_prompt, max_tokens=r.max_new_tokens, min_tokens=r.min_new_tokens,
+                       temperature=r.temperature, top_p=r.top_p, top_k=-1 if r.top_k == 0 else r.top_k)
+    except Exception as e:  # noqa: BLE001 - vLLM's VLLMValidationError is no ValueError
+        raise ConfigError(f"rollout.engine=vllm refuses these rollout settings: {e}") from None
+
+
 def kv_cache_bytes_for_step(cfg: Config, model_config, processes: int) -> int:
     """KV-cache bytes that hold one step's rollouts of this process at once: rows x
     (prompt + response) tokens x (K and V) x layers x KV heads x head dim x dtype bytes,
@@ -182,6 +195,7 @@ class VLLMRolloutEngine(RolloutEngine):
             self._vllm.SamplingParams(
                 n=n_draws,
                 max_tokens=params.max_new_tokens,
+                min_tokens=params.min_new_tokens,
                 temperature=0.0 if params.greedy else params.temperature,
                 top_p=1.0 if params.greedy else params.top_p,
                 top_k=-1 if params.greedy or params.top_k == 0 else params.top_k,  # vLLM: -1 = off

@@ -4,7 +4,8 @@
 
 Writes, for ``tests/test_rollout_vllm.py`` to assert: sampled draws of 80 prompts x 4
 (about 6000 prompt tokens, more than vLLM's 4096-token CPU default for one engine step)
-twice with one seed, and the last 40 prompts alone with the seed of their position; and
+twice with one seed, and the last 40 prompts alone with the seed of their position; the
+shortest response at temperature 2 with and without ``min_new_tokens``; and
 greedy responses to 300 prompts from vLLM and from Hugging Face generate. A subprocess,
 because a vLLM engine sets up torch.distributed in the process that holds it.
 """
@@ -39,11 +40,15 @@ def main(model_dir: str, out_path: str) -> None:
     sampled = SamplingParams(n=4, max_new_tokens=6)
     first, again = engine.generate(prompts[:80], sampled, seed=3), engine.generate(prompts[:80], sampled, seed=3)
     tail = engine.generate(prompts[40:80], sampled, seed=3 + 40)
+    hot = {"n": 4, "max_new_tokens": 6, "temperature": 2.0}  # flat: some EOS drawn early
+    free = engine.generate(prompts[:80], SamplingParams(**hot), seed=5)
+    held = engine.generate(prompts[:80], SamplingParams(**hot, min_new_tokens=6), seed=5)
     greedy = SamplingParams(n=1, max_new_tokens=6, greedy=True)
     hf = HFRolloutEngine(model, engine.eos_ids, tok.pad_token_id, batch_prompts=64)
     out = {
         "prompt_tokens": sum(len(p) for p in prompts[:80]) * 4,
         "sampled": rows(first), "sampled_again": rows(again), "sampled_tail": rows(tail),
+        "shortest_free": int(free.response_mask.sum(1).min()), "shortest_held": int(held.response_mask.sum(1).min()),
         "gap_rows_filled": int((first.sampler_logprobs < 0).sum()), "tokens": int(first.response_mask.sum()),
         "greedy_vllm": rows(engine.generate(prompts, greedy, seed=0)),
         "greedy_hf": rows(hf.generate(prompts, greedy, seed=0)),
