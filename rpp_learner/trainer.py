@@ -1,14 +1,15 @@
 """The REINFORCE++ training loop. Read ``Trainer.train`` top to bottom:
 
-    rollout -> (reward services || old/ref log-probs) -> dense rewards + advantages
+    rollout -> (reward services || old/ref log-probs, first update forward)
+            -> dense rewards + advantages
             -> ppo_epochs x shuffled mini-batches (grad accumulation, clip, AdamW, LR schedule)
             -> log, evaluate, checkpoint
 
 The reward calls for each generated chunk are submitted as soon as it is decoded and
-collected after the log-prob forwards end, so network time hides behind the rest of
-generation and the forwards. With one optimiser step per rollout and
-no KL in the reward, the old-policy forward is skipped: pi_old is the policy itself
-during the update (see ``rpp_learner.update``).
+collected after the log-prob forwards and the update's first forward, so network time
+hides behind the rest of generation and the forwards. With one optimiser step per rollout,
+the old-policy forward is skipped where the update's own log-probs can serve: pi_old is the
+policy itself during the update (see ``rpp_learner.update``).
 
 Under ``accelerate launch`` every process generates and scores its own share of the
 prompts; whitening, token counts and metrics are all-reduced, so N processes compute what
@@ -54,7 +55,7 @@ from rpp_learner.sharding import (
     shard_frozen,
 )
 from rpp_learner.step_stats import rollout_metrics, sampler_mismatch_metrics
-from rpp_learner.update import is_on_policy, run_update
+from rpp_learner.update import is_on_policy, one_micro_batch, run_update
 
 _SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
@@ -162,10 +163,14 @@ class Trainer:
         # first update, and the log-probs must match the ones the sampler used.
         self.policy.eval()
         self.eos_ids = eos_token_ids(self.tokenizer, policy)
-        # pi_old == the policy during the update, and nothing needs it before: skip its forward.
+        # pi_old == the policy during the update: skip its forward when the update's own can
+        # serve, i.e. nothing needs pi_old before the first loss (no KL in the reward) or the
+        # update's first forward covers the whole rollout (run_update hands it over).
         # Pipelined, pi_old is the policy that sampled, a step older: always computed.
         self.pipelined = cfg.rollout.pipeline_depth > 0
-        self.skip_old_forward = not self.pipelined and is_on_policy(cfg) and cfg.algo.kl_coef == 0.0
+        self.skip_old_forward = not self.pipelined and is_on_policy(cfg) and (
+            cfg.algo.kl_coef == 0.0 or one_micro_batch(cfg, self.world)
+        )
         rollout_model, own_copy = self.acc.unwrap_model(self.policy), False
         if self.ref_model is not None and is_sharded(rollout_model):
             shard_frozen(self.ref_model)  # FSDP2: the reference is sharded like the policy
@@ -254,9 +259,9 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         # Each generated chunk goes to the reward services at once; they are collected
-        # after the forwards end, so the services work while this thread generates the
-        # next chunks and runs the reference and old-policy forwards (and, pipelined, the
-        # whole of the next step's rollout).
+        # after the update's first forward, so the services work while this thread
+        # generates the next chunks, runs the reference and old-policy forwards (and,
+        # pipelined, the whole of the next step's rollout) and the first update forward.
         current = self._in_hand if self._in_hand is not None and self._in_hand.step == step else self._sample(step)
         self._in_hand = current  # a checkpoint saved before this update resumes with it
         rollout, b = current.rollout, current.rollout.batch
@@ -276,16 +281,25 @@ class Trainer:
         if self.pipelined and step < self.cfg.total_steps:
             upcoming = self._sample(step + 1)  # with the weights before this update
         t_next = time.perf_counter()
-        scored = self._collect_scores(current.pending, rollout)
-        t_rewards = time.perf_counter()
+        waited: dict[str, Any] = {}
 
-        mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
-        adv = self._advantages(rollout, scored, mask, old_logp, ref_logp)
-        mask = adv.mask  # algo.drop_truncated may have dropped more rows
+        def advantages_for(on_policy_logp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Called by the update after its first forward: the services scored meanwhile."""
+            t_wait = time.perf_counter()
+            scored = self._collect_scores(current.pending, rollout)
+            waited["s"] = time.perf_counter() - t_wait
+            mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
+            pi_old = old_logp if old_logp is not None else on_policy_logp
+            adv = self._advantages(rollout, scored, mask, pi_old, ref_logp)
+            waited.update(scored=scored, adv=adv)
+            return adv.advantages, adv.mask  # algo.drop_truncated may have dropped more rows
+
         update = run_update(
             self.cfg, self.acc, self.policy, self.optimizer, self.scheduler,
-            b=b, mask=mask, old_logp=old_logp, ref_logp=ref_logp, advantages=adv.advantages, seed=self._seed(step),
+            b=b, old_logp=old_logp, ref_logp=ref_logp, advantages_for=advantages_for, seed=self._seed(step),
         )
+        scored, adv = waited["scored"], waited["adv"]
+        mask = adv.mask
         if self.engine.owns_weights:  # its own copy (vLLM, or HF under FSDP2): push the update
             self.engine.load_weights(full_parameters(self.acc.unwrap_model(self.policy)))
         self._in_hand = upcoming
@@ -306,8 +320,8 @@ class Trainer:
             "time/rollout_s": t_rollout - t0,
             "time/logprob_s": t_forward - t_rollout,
             "time/next_rollout_s": t_next - t_forward,
-            "time/reward_wait_s": t_rewards - t_next,
-            "time/update_s": t_end - t_rewards,
+            "time/reward_wait_s": waited["s"],
+            "time/update_s": t_end - t_next - waited["s"],
         })
         return metrics
 
