@@ -4,6 +4,7 @@
     rpp-bench learning --setting easy --jobs 2    # the quickstart task
     rpp-bench learning --seeds 0 --steps 10       # a quick look
     rpp-bench learning --setting easy --variants "ORM only" --pipeline-depth 1   # the pipelined mode
+    rpp-bench learning --setting sparse --process-weight 2   # the PRM's weight alpha, 1 by default
 
 Two settings of the column-addition task (``quickstart.settings``): ``easy``
 (the quickstart's: the SFT start is right about a third of the time) and ``hard`` (three
@@ -168,19 +169,38 @@ def audit_policies(
         exact = [v for s in solutions for v in check_steps(s.problem, s.steps)]
         learned = [v for row in scores for v in row]
         right = sum(final_answer("\n".join(s.steps)) == s.problem.answer for s in solutions) / len(problems)
-        out.setdefault(name, []).append((sum(exact) / len(exact), sum(learned) / len(learned), right))
-    return {name: {"exact_step_share": statistics.mean(r[0] for r in rows),
-                   "prm_step_score": statistics.mean(r[1] for r in rows),
-                   "sampled_accuracy": statistics.mean(r[2] for r in rows)} for name, rows in out.items()}
+        # The PRM's own errors on this policy's steps (its held-out quality is measured on
+        # the SFT policy's): right steps it rejects (< 0.5) and wrong steps it passes.
+        rejected = [p < 0.5 for p, ok in zip(learned, exact, strict=True) if ok]
+        passed = [p >= 0.5 for p, ok in zip(learned, exact, strict=True) if not ok]
+        out.setdefault(name, []).append((sum(exact) / len(exact), sum(learned) / len(learned), right,
+                                         _share(rejected), _share(passed)))
+    keys = ("exact_step_share", "prm_step_score", "sampled_accuracy", "prm_rejects_right", "prm_passes_wrong")
+    return {name: {key: _mean_known(r[i] for r in rows) for i, key in enumerate(keys)} for name, rows in out.items()}
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _mean_known(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
 
 
 def format_audit(audit: dict[str, dict[str, float]]) -> str:
     lines = [f"{'final policies, held-out samples':<32} {'steps exactly right':>20} "
-             f"{'learned PRM step score':>23} {'answers right':>14}"]
+             f"{'learned PRM step score':>23} {'answers right':>14} {'PRM rejects right steps':>24} "
+             f"{'PRM passes wrong steps':>23}"]
     for name, a in audit.items():
         lines.append(f"{name:<32} {a['exact_step_share']:>20.1%} {a['prm_step_score']:>23.3f} "
-                     f"{a['sampled_accuracy']:>14.1%}")
+                     f"{a['sampled_accuracy']:>14.1%} {_percent(a.get('prm_rejects_right')):>24} "
+                     f"{_percent(a.get('prm_passes_wrong')):>23}")
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def goal_check(runs: dict[str, list[dict[str, Any]]], steps: int) -> list[str]:
@@ -198,7 +218,10 @@ def goal_check(runs: dict[str, list[dict[str, Any]]], steps: int) -> list[str]:
         def worst(name: str) -> float:  # the slowest seed decides; never reaching is worst
             return max(steps * 10 if r is None else r for r in reach[name])
 
-        best = min(dense, key=worst)
+        def final(name: str) -> float:
+            return statistics.mean(f["accuracy_after"] for f in dense[name])
+
+        best = min(dense, key=lambda name: (worst(name), -final(name)))  # ties: the highest final accuracy
         per_seed = ", ".join(f"seed {f['seed']}: {'never' if r is None else f'step {r}'} (ORM-only ends at "
                              f"{base[f['seed']]:.1%})" for f, r in zip(dense[best], reach[best], strict=True))
         met = all(r is not None and r <= steps / 2 for r in reach[best])
@@ -242,6 +265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--setting", choices=list(SETTINGS), default="hard")
     p.add_argument("--labels", choices=["exact", "monte_carlo"], default="exact",
                    help="how the learned PRM's training steps are labelled (quickstart.learned_prm)")
+    p.add_argument("--prm-seed", type=int, default=0,
+                   help="the learned PRM's seed (its training problems, policy samples, initial weights, held-out "
+                        "set): another seed is another PRM of the same recipe, built and cached once")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="RL steps (default per setting: easy 30, hard 40)")
     # Every 2 steps (not the quickstart's 5): the variants differ in how fast they climb.
@@ -257,6 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "model gains little from a second thread, so 2 jobs on 2 cores take about half the time")
     p.add_argument("--pipeline-depth", type=int, choices=[0, 1], default=0,
                    help="rollout.pipeline_depth of every run: 1 = the pipelined mode (one step off-policy)")
+    p.add_argument("--process-weight", type=float, default=1.0,
+                   help="the PRM service's weight (alpha: a step score s adds alpha * (s - 0.5) at its last token) "
+                        "in every dense variant")
     p.add_argument("--worker", nargs=3, metavar=("VARIANT", "SEED", "ADDRESSES"), help=argparse.SUPPRESS)
     p.add_argument("--prm-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -264,7 +293,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.steps = args.steps or setting.rl_steps
     args.target = args.target if args.target is not None else setting.target
     pipelined = "_pipelined" if args.pipeline_depth else ""
-    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}{pipelined}")
+    weight = f"_weight{args.process_weight:g}" if args.process_weight != 1.0 else ""
+    prm_seed = f"_prm{args.prm_seed}" if args.prm_seed else ""
+    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}{pipelined}{weight}{prm_seed}")
     return args
 
 
@@ -273,6 +304,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> QuickstartConf
     base = QuickstartConfig(
         steps=args.steps, eval_every=args.eval_every, task=setting.task, sft=setting.sft,
         max_new_tokens=setting.max_new_tokens, prm_dir=args.prm_dir, pipeline_depth=args.pipeline_depth,
+        process_weight=args.process_weight,
     )
     return replace(base, seed=seed, output_dir=args.output_dir / _slug(name) / f"seed{seed}", **VARIANTS[name])
 
@@ -290,7 +322,7 @@ def run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int]], addres
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     common = ["--setting", args.setting, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-              "--pipeline-depth", str(args.pipeline_depth),
+              "--pipeline-depth", str(args.pipeline_depth), "--process-weight", str(args.process_weight),
               "--output-dir", str(args.output_dir), "--prm-dir", str(args.prm_dir)]
     running: list[tuple[subprocess.Popen, Path, str]] = []
     queue = list(todo)
@@ -331,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     needs_prm = any(VARIANTS[n].get("prm") == "learned" for n in args.variants)
     quality = None
     if needs_prm:
-        args.prm_dir = prm_checkpoint(task, sft, PRMConfig(labels=args.labels), QuickstartConfig().cache_dir)
+        prm = PRMConfig(labels=args.labels, seed=args.prm_seed)
+        args.prm_dir = prm_checkpoint(task, sft, prm, QuickstartConfig().cache_dir)
         quality = prm_quality(args.prm_dir)
     jobs = [(name, seed) for name in args.variants for seed in args.seeds]
     saved = {job: run_config(args, *job).output_dir / "figures.json" for job in jobs}
@@ -362,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.output_dir / "results.json").write_text(json.dumps(
         {"setting": args.setting, "labels": args.labels, "prm_quality": quality, "rows": rows,
          "goal": checks, "audit": audit, "runs": runs}, indent=2, default=str))
-    png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting")
     mode = ", pipelined (one step off-policy)" if args.pipeline_depth else ""
+    mode += f", PRM weight {args.process_weight:g}" if args.process_weight != 1.0 else ""
+    mode += f", PRM seed {args.prm_seed}" if args.prm_seed else ""
+    png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting{mode}")
     print(f"\n{args.setting} setting{mode}: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
           f"{args.jobs} job(s) at a time (total {time.perf_counter() - started:.0f} s):")
     if quality:
