@@ -290,6 +290,8 @@ class Trainer:
             waited["s"] = time.perf_counter() - t_wait
             mask = b.response_mask * scored.valid.unsqueeze(1)  # failed samples leave the update
             pi_old = old_logp if old_logp is not None else on_policy_logp
+            if pi_old is None and self.cfg.algo.kl_coef != 0.0:  # the KL reward would be silently 0
+                raise RuntimeError("the KL in the reward needs pi_old, but neither forward gave it")
             adv = self._advantages(rollout, scored, mask, pi_old, ref_logp)
             waited.update(scored=scored, adv=adv)
             return adv.advantages, adv.mask  # algo.drop_truncated may have dropped more rows
