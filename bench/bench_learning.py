@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -94,8 +95,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]], target: float) -> list[dict
             "length_last": _mean_of(figures, "response_length_last"),
                 "steps_first": _mean_of(figures, "steps_per_response_first") if dense else None,
             "steps_last": _mean_of(figures, "steps_per_response_last") if dense else None,
-            # Sum of the PRM's raw step scores per training response: rising while held-out
-            # accuracy falls is a policy pleasing the PRM rather than getting sums right.
+            # The PRM's step scores per training response, summed (each times the service's
+            # weight): rising while held-out accuracy falls is a policy pleasing the PRM
+            # rather than getting sums right.
             "prm_first": _mean_of(figures, "process_sum_first") if dense else None,
             "prm_last": _mean_of(figures, "process_sum_last") if dense else None,
             "time_s": statistics.mean(f["time_rl_s"] for f in figures),
@@ -142,6 +144,7 @@ def audit_policies(
 
     from quickstart.learned_prm import (
         Solution,
+        after_due_carry,
         sample_responses,
         split_response,
         step_probabilities,
@@ -173,10 +176,28 @@ def audit_policies(
         # the SFT policy's): right steps it rejects (< 0.5) and wrong steps it passes.
         rejected = [p < 0.5 for p, ok in zip(learned, exact, strict=True) if ok]
         passed = [p >= 0.5 for p, ok in zip(learned, exact, strict=True) if not ok]
+        # Right steps where a carry is due, apart: the steps RL teaches a sloppy start.
+        due = [d for s in solutions for d in after_due_carry(s.steps)]
+        rejected_due = [p < 0.5 for p, ok, d in zip(learned, exact, due, strict=True) if ok and d]
+        rejected_other = [p < 0.5 for p, ok, d in zip(learned, exact, due, strict=True) if ok and not d]
+        # Wrong steps whose own terms do not add up to the written sum, apart: the errors
+        # left once a policy carries, which a PRM must check the arithmetic to see.
+        off = [_sum_is_off(step) for s in solutions for step in s.steps]
+        passed_off = [p >= 0.5 for p, ok, o in zip(learned, exact, off, strict=True) if not ok and o]
+        passed_other = [p >= 0.5 for p, ok, o in zip(learned, exact, off, strict=True) if not ok and not o]
         out.setdefault(name, []).append((sum(exact) / len(exact), sum(learned) / len(learned), right,
-                                         _share(rejected), _share(passed)))
-    keys = ("exact_step_share", "prm_step_score", "sampled_accuracy", "prm_rejects_right", "prm_passes_wrong")
+                                         _share(rejected), _share(passed), _share(rejected_due),
+                                         _share(rejected_other), _share(passed_off), _share(passed_other)))
+    keys = ("exact_step_share", "prm_step_score", "sampled_accuracy", "prm_rejects_right", "prm_passes_wrong",
+            "prm_rejects_right_due_carry", "prm_rejects_right_other", "prm_passes_wrong_sum_off",
+            "prm_passes_wrong_other")
     return {name: {key: _mean_known(r[i] for r in rows) for i, key in enumerate(keys)} for name, rows in out.items()}
+
+
+def _sum_is_off(step: str) -> bool:
+    """A column line (``d1+d2+...+carry=sum``) whose terms do not add up to its sum."""
+    column = re.fullmatch(r"(\d(?:\+\d)+)=(\d+)", step.strip())
+    return column is not None and sum(map(int, column.group(1).split("+"))) != int(column.group(2))
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -191,11 +212,14 @@ def _mean_known(values) -> float | None:
 def format_audit(audit: dict[str, dict[str, float]]) -> str:
     lines = [f"{'final policies, held-out samples':<32} {'steps exactly right':>20} "
              f"{'learned PRM step score':>23} {'answers right':>14} {'PRM rejects right steps':>24} "
-             f"{'PRM passes wrong steps':>23}"]
+             f"{'PRM passes wrong steps':>23} {'rejects right: carry due / other':>33} "
+             f"{'passes wrong: sum off / other':>30}"]
     for name, a in audit.items():
+        rejects = f"{_percent(a.get('prm_rejects_right_due_carry'))} / {_percent(a.get('prm_rejects_right_other'))}"
+        passes = f"{_percent(a.get('prm_passes_wrong_sum_off'))} / {_percent(a.get('prm_passes_wrong_other'))}"
         lines.append(f"{name:<32} {a['exact_step_share']:>20.1%} {a['prm_step_score']:>23.3f} "
                      f"{a['sampled_accuracy']:>14.1%} {_percent(a.get('prm_rejects_right')):>24} "
-                     f"{_percent(a.get('prm_passes_wrong')):>23}")
+                     f"{_percent(a.get('prm_passes_wrong')):>23} {rejects:>33} {passes:>30}")
     return "\n".join(lines)
 
 
@@ -268,6 +292,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prm-seed", type=int, default=0,
                    help="the learned PRM's seed (its training problems, policy samples, initial weights, held-out "
                         "set): another seed is another PRM of the same recipe, built and cached once")
+    p.add_argument("--prm-carry-slip", type=float, default=None,
+                   help="the carry slip of the teacher that writes the learned PRM's worked solutions "
+                        "(default per setting: sparse 0.3, else the task's own)")
+    p.add_argument("--prm-sum-slip", type=float, default=None,
+                   help="likewise its rate of off-by-one column sums (default per setting: the task's own)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="RL steps (default per setting: easy 30, hard 40)")
     # Every 2 steps (not the quickstart's 5): the variants differ in how fast they climb.
@@ -292,10 +321,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     setting = SETTINGS[args.setting]
     args.steps = args.steps or setting.rl_steps
     args.target = args.target if args.target is not None else setting.target
+    default_slip = args.prm_carry_slip is None and args.prm_sum_slip is None
+    if args.prm_carry_slip is None:
+        args.prm_carry_slip = setting.prm_teacher_carry_slip
+    if args.prm_sum_slip is None:
+        args.prm_sum_slip = setting.prm_teacher_sum_slip
     pipelined = "_pipelined" if args.pipeline_depth else ""
     weight = f"_weight{args.process_weight:g}" if args.process_weight != 1.0 else ""
     prm_seed = f"_prm{args.prm_seed}" if args.prm_seed else ""
-    args.output_dir = args.output_dir or Path(f"runs/bench_learning_{args.setting}{pipelined}{weight}{prm_seed}")
+    slip = "" if default_slip else f"_prmslip{args.prm_carry_slip}_{args.prm_sum_slip}"
+    args.output_dir = args.output_dir or Path(
+        f"runs/bench_learning_{args.setting}{pipelined}{weight}{prm_seed}{slip}")
     return args
 
 
@@ -363,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     needs_prm = any(VARIANTS[n].get("prm") == "learned" for n in args.variants)
     quality = None
     if needs_prm:
-        prm = PRMConfig(labels=args.labels, seed=args.prm_seed)
+        prm = PRMConfig(labels=args.labels, seed=args.prm_seed, teacher_carry_slip=args.prm_carry_slip,
+                        teacher_sum_slip=args.prm_sum_slip)
         args.prm_dir = prm_checkpoint(task, sft, prm, QuickstartConfig().cache_dir)
         quality = prm_quality(args.prm_dir)
     jobs = [(name, seed) for name in args.variants for seed in args.seeds]
@@ -398,6 +435,10 @@ def main(argv: list[str] | None = None) -> None:
     mode = ", pipelined (one step off-policy)" if args.pipeline_depth else ""
     mode += f", PRM weight {args.process_weight:g}" if args.process_weight != 1.0 else ""
     mode += f", PRM seed {args.prm_seed}" if args.prm_seed else ""
+    if args.prm_carry_slip is not None and needs_prm:
+        mode += f", PRM data teacher drops {args.prm_carry_slip:.0%} of carries"
+    if args.prm_sum_slip is not None and needs_prm:
+        mode += f", PRM data teacher's sums off by one {args.prm_sum_slip:.0%}"
     png = plot(runs, args.output_dir / "learning.png", args.target, f"{args.setting} setting{mode}")
     print(f"\n{args.setting} setting{mode}: held-out greedy accuracy, {args.steps} RL steps, {len(args.seeds)} seeds, "
           f"{args.jobs} job(s) at a time (total {time.perf_counter() - started:.0f} s):")

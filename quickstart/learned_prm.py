@@ -3,8 +3,10 @@
     python -m quickstart.learned_prm --setting hard              # build (or reuse) and report quality
     python -m quickstart.learned_prm --setting hard --labels monte_carlo
 
-1. **Step-labelled data** from train-split problems: the sloppy teacher's worked solutions
-   and the SFT policy's own samples (temperature 1), split into steps (one line each).
+1. **Step-labelled data** from train-split problems: a sloppy teacher's worked solutions
+   (by default the SFT teacher; ``teacher_carry_slip`` and ``teacher_sum_slip`` give it
+   other slip rates) and the SFT policy's own samples (temperature 1), split into steps
+   (one line each).
    Labels, one flag to choose:
    - ``exact``: PRM800K-style, 1 if the step is a correct move given the problem and the
      steps before it (``task.check_steps``);
@@ -39,6 +41,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -82,6 +85,16 @@ Labels = Literal["exact", "monte_carlo"]
 class PRMConfig:
     labels: Labels = "exact"
     teacher_solutions: int = 6000  # the sloppy teacher's worked solutions
+    # The carry slip rate of the teacher that writes the PRM's worked solutions; None: the
+    # task's own (the SFT teacher's). A PRM labels what it sees: where nearly every due
+    # carry in its data is dropped, "a carry was due, so the step is wrong" is right 90%
+    # of the time, and the PRM learns that base rate instead of reading the carry. Then it
+    # rejects exactly the steps RL teaches (measured in the sparse setting: 35-39% of a
+    # trained policy's right steps). A PRM's data generator need not be the policy's teacher.
+    teacher_carry_slip: float | None = None
+    # Likewise its off-by-one column sums (None: the task's sum_slip): the errors a policy
+    # that has learned to carry still makes, so the ones a PRM must see enough of.
+    teacher_sum_slip: float | None = None
     policy_samples: int = 6000  # the SFT policy's own samples, temperature 1
     mc_rollouts: int = 8  # completions per step prefix (labels=monte_carlo)
     heldout_solutions: int = 400  # of each kind, on held-out problems, for the quality report
@@ -90,6 +103,12 @@ class PRMConfig:
     lr: float = 2e-3  # 5e-4 for 2 epochs stalls at a loss of 0.38 (wrong-step F1 0.77 on hard)
     max_new_tokens: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("teacher_carry_slip", "teacher_sum_slip"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"PRMConfig.{name} is a probability (or None: the task's), got {value}")
 
 
 @dataclass
@@ -115,6 +134,8 @@ def sample_responses(
 ) -> list[str]:
     """A temperature-1 continuation of each (prompt, response prefix), encoded as the
     learner does (prompt and response apart); returns prefix + continuation."""
+    if not prefixes:
+        return []
     torch.manual_seed(seed)
     out: list[str] = []
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -171,7 +192,9 @@ def labelled_solutions(
     """Teacher solutions and policy samples of ``split`` problems, with per-step labels."""
     rng = random.Random(f"prm:{split}:{seed}")
     problems = sample_problems(n_teacher + n_policy, split, seed + 101, task)
-    teacher = [(p, split_response(demonstration(p, rng, task.carry_slip, task.sum_slip))) for p in problems[:n_teacher]]
+    carry_slip = task.carry_slip if cfg.teacher_carry_slip is None else cfg.teacher_carry_slip
+    sum_slip = task.sum_slip if cfg.teacher_sum_slip is None else cfg.teacher_sum_slip
+    teacher = [(p, split_response(demonstration(p, rng, carry_slip, sum_slip))) for p in problems[:n_teacher]]
     sampled = sample_responses(policy, tokenizer, [(p.prompt, "") for p in problems[n_teacher:]],
                                cfg.max_new_tokens, seed, desc=f"{split} policy samples")
     pairs = teacher + [(p, split_response(r)) for p, r in zip(problems[n_teacher:], sampled, strict=True)]
@@ -181,6 +204,24 @@ def labelled_solutions(
     else:
         step_labels = monte_carlo_labels(policy, tokenizer, pairs, cfg.mc_rollouts, cfg.max_new_tokens, seed)
     return [Solution(p, steps, lab) for (p, steps), lab in zip(pairs, step_labels, strict=True)]
+
+
+def after_due_carry(steps: list[str]) -> list[bool]:
+    """For each step: is it a column line right after a written sum of 10 or more (a line
+    where a carry is due)?"""
+    flags = [False] * len(steps)
+    for k in range(1, len(steps)):
+        written = re.search(r"=(\d+)$", steps[k - 1])
+        flags[k] = bool(written) and int(written.group(1)) >= 10 and "=" in steps[k]
+    return flags
+
+
+def due_carry_right_share(solutions: list[Solution]) -> float | None:
+    """Of the lines where a carry is due, the share labelled right: near 0 or 1, a PRM can
+    score those lines by the base rate instead of reading the carry."""
+    flags = [label >= 0.5 for s in solutions
+             for label, due in zip(s.labels, after_due_carry(s.steps), strict=True) if due]
+    return sum(flags) / len(flags) if flags else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,7 +364,9 @@ def step_quality(truth: list[list[float]], scores: list[list[float]]) -> dict[st
 
 
 def cache_key(task: TaskConfig, sft: SFTConfig, cfg: PRMConfig) -> str:
-    settings = {"task": asdict(task), "sft": asdict(sft), "prm": asdict(cfg), "recipe": RECIPE_VERSION,
+    # An override left unset (None) is left out, so adding one keeps every cached PRM's name.
+    prm = {name: value for name, value in asdict(cfg).items() if value is not None}
+    settings = {"task": asdict(task), "sft": asdict(sft), "prm": prm, "recipe": RECIPE_VERSION,
                 "transformers": transformers.__version__.split(".")[0]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -349,12 +392,15 @@ def prm_checkpoint(
                                  cfg.heldout_solutions,
                                  "exact", cfg.seed + 1)
     steps = [lab for s in train for lab in s.labels]
+    due_carry = due_carry_right_share(train)
     log(f"[prm] {len(train)} training solutions ({cfg.labels} labels), {len(steps)} steps, "
-        f"{1 - sum(steps) / len(steps):.1%} labelled wrong")
+        f"{1 - sum(steps) / len(steps):.1%} labelled wrong; lines after a carry is due: "
+        f"{'-' if due_carry is None else f'{due_carry:.1%}'} labelled right")
     tokenizer = prm_tokenizer(sft_dir)
     model = prm_from_policy(sft_dir, tokenizer)
     train_prm(model, tokenizer, train, cfg, log)
     quality = step_quality([s.labels for s in heldout], step_probabilities(model, tokenizer, heldout))
+    quality["train_due_carry_right"] = due_carry
     if cfg.labels != "exact":  # how far the Monte-Carlo labels are from the truth, on train
         quality["train_label_agreement"] = sum(
             (a >= 0.5) == (b >= 0.5)
@@ -385,7 +431,9 @@ def format_quality(q: dict[str, float]) -> str:
     return (f"wrong-step F1 {q['wrong_step_f1']:.3f} (precision {q['wrong_step_precision']:.3f}, recall "
             f"{q['wrong_step_recall']:.3f}); first-error accuracy {q['first_error_acc_erroneous']:.1%} on "
             f"{q['solutions_erroneous']} erroneous, {q['first_error_acc_correct']:.1%} on "
-            f"{q['solutions_correct']} correct solutions (ProcessBench F1 {q['processbench_f1']:.3f})")
+            f"{q['solutions_correct']} correct solutions (ProcessBench F1 {q['processbench_f1']:.3f})"
+            + (f"; trained on due carries {q['train_due_carry_right']:.0%} right"
+               if q.get("train_due_carry_right") is not None else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_ROOT)
     args = p.parse_args(argv)
     setting = SETTINGS[args.setting]
-    path = prm_checkpoint(setting.task, setting.sft, PRMConfig(labels=args.labels), args.cache_dir)
+    prm = PRMConfig(labels=args.labels, teacher_carry_slip=setting.prm_teacher_carry_slip,
+                    teacher_sum_slip=setting.prm_teacher_sum_slip)
+    path = prm_checkpoint(setting.task, setting.sft, prm, args.cache_dir)
     print(f"learned PRM ({args.setting}, {args.labels} labels): {path}")
     print("held-out quality: " + format_quality(prm_quality(path)))
     print(f"serve it: rpp-reward-server --scorer prm --model {path} --step-separator '\\n'")

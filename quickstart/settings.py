@@ -13,6 +13,9 @@ RL run that goes with it.
 - ``sparse``: ``hard`` with a teacher that drops 90% of due carries. Measured: greedy 5%
   right (it drops every carry, so only carry-free sums come out right), 8-9% of
   temperature-1 samples (1,024 held-out problems): rarer outcome reward than ``hard``.
+  Its learned PRM's worked solutions come from a teacher that drops 30% of due carries:
+  with the SFT teacher's 90%, a due carry is wrong so often in the PRM's data that the
+  PRM learns the base rate and rejects the right carries RL teaches.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class Setting:
     max_new_tokens: int  # the response budget: a hard response is 4 lines of 4 terms
     rl_steps: int
     target: float  # held-out accuracy for the benchmark's steps-to-target column
+    # The carry slip of the teacher that writes the learned PRM's worked solutions
+    # (PRMConfig.teacher_carry_slip); None: the task's own.
+    prm_teacher_carry_slip: float | None = None
+    prm_teacher_sum_slip: float | None = None  # PRMConfig.teacher_sum_slip; None: the task's
 
 
 SETTINGS: dict[str, Setting] = {
@@ -37,5 +44,5 @@ SETTINGS: dict[str, Setting] = {
     "hard": Setting(TaskConfig(digits=3, operands=3), SFTConfig(examples=98304), max_new_tokens=64,
                     rl_steps=40, target=0.5),
     "sparse": Setting(TaskConfig(digits=3, operands=3, carry_slip=0.9), SFTConfig(examples=98304),
-                      max_new_tokens=64, rl_steps=40, target=0.5),
+                      max_new_tokens=64, rl_steps=40, target=0.5, prm_teacher_carry_slip=0.3),
 }

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from quickstart.learned_prm import (
     PRMConfig,
     Solution,
+    due_carry_right_share,
     first_error,
     labelled_solutions,
     prm_checkpoint,
@@ -47,6 +48,32 @@ def test_step_quality_by_hand():
     assert (q["first_error_acc_erroneous"], q["first_error_acc_correct"]) == (0.5, 0.5)
     assert q["processbench_f1"] == pytest.approx(0.5)
     assert first_error([1, 1, 0.2, 0]) == 2 and first_error([0.9]) == -1
+
+
+def test_due_carry_share_by_hand():
+    problem = sample_problems(1, "train", 0, TaskConfig())[0]
+    solutions = [
+        # After "...=12" a carry is due: one right and one wrong line follow such a sum.
+        Solution(problem, ["3+9+0=12", "5+6+1=12", "7+8+0=15", "Answer: 5522"], [1, 1, 0, 0]),
+        Solution(problem, ["1+2+0=3", "4+4+0=8"], [1, 1]),  # no carry is ever due
+    ]
+    assert due_carry_right_share(solutions) == 0.5
+    assert due_carry_right_share(solutions[1:]) is None
+
+
+def test_prm_data_teacher_has_its_own_carry_slip():
+    """The PRM's worked solutions may come from a teacher other than the SFT start's: with
+    the task's 90% slip nearly every due carry in them is wrong, with 0% none is (only
+    the off-by-one sum slips remain)."""
+    task = TaskConfig(carry_slip=0.9, sum_slip=0.0)
+
+    def share(slip):
+        cfg = PRMConfig(teacher_carry_slip=slip)
+        return due_carry_right_share(labelled_solutions(task, cfg, None, None, "train", 300, 0, "exact", seed=0))
+
+    assert share(None) < 0.2 and share(0.0) == 1.0 and 0.35 < share(0.5) < 0.65
+    with pytest.raises(ValueError, match="teacher_carry_slip is a probability"):
+        PRMConfig(teacher_carry_slip=1.5)
 
 
 @pytest.mark.slow
