@@ -297,6 +297,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default per setting: sparse 0.3, else the task's own)")
     p.add_argument("--prm-sum-slip", type=float, default=None,
                    help="likewise its rate of off-by-one column sums (default per setting: the task's own)")
+    p.add_argument("--prm-epochs", type=int, default=PRMConfig.epochs,
+                   help="epochs of the learned PRM's training (another value is another PRM, built and cached once)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="RL steps (default per setting: easy 30, hard 40)")
     # Every 2 steps (not the quickstart's 5): the variants differ in how fast they climb.
@@ -330,6 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     weight = f"_weight{args.process_weight:g}" if args.process_weight != 1.0 else ""
     prm_seed = f"_prm{args.prm_seed}" if args.prm_seed else ""
     slip = "" if default_slip else f"_prmslip{args.prm_carry_slip}_{args.prm_sum_slip}"
+    slip += f"_prmepochs{args.prm_epochs}" if args.prm_epochs != PRMConfig.epochs else ""
     args.output_dir = args.output_dir or Path(
         f"runs/bench_learning_{args.setting}{pipelined}{weight}{prm_seed}{slip}")
     return args
@@ -400,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     quality = None
     if needs_prm:
         prm = PRMConfig(labels=args.labels, seed=args.prm_seed, teacher_carry_slip=args.prm_carry_slip,
-                        teacher_sum_slip=args.prm_sum_slip)
+                        teacher_sum_slip=args.prm_sum_slip, epochs=args.prm_epochs)
         args.prm_dir = prm_checkpoint(task, sft, prm, QuickstartConfig().cache_dir)
         quality = prm_quality(args.prm_dir)
     jobs = [(name, seed) for name in args.variants for seed in args.seeds]
@@ -435,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     mode = ", pipelined (one step off-policy)" if args.pipeline_depth else ""
     mode += f", PRM weight {args.process_weight:g}" if args.process_weight != 1.0 else ""
     mode += f", PRM seed {args.prm_seed}" if args.prm_seed else ""
+    mode += f", PRM trained {args.prm_epochs} epochs" if args.prm_epochs != PRMConfig.epochs and needs_prm else ""
     if args.prm_carry_slip is not None and needs_prm:
         mode += f", PRM data teacher drops {args.prm_carry_slip:.0%} of carries"
     if args.prm_sum_slip is not None and needs_prm:
