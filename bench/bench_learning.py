@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from quickstart.run import (
 from quickstart.services import RewardServices
 from quickstart.settings import SETTINGS
 from quickstart.sft import sft_checkpoint
+from quickstart.task import parse_column
 
 ORM_ONLY = "ORM only"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -196,8 +196,8 @@ def audit_policies(
 
 def _sum_is_off(step: str) -> bool:
     """A column line (``d1+d2+...+carry=sum``) whose terms do not add up to its sum."""
-    column = re.fullmatch(r"(\d(?:\+\d)+)=(\d+)", step.strip())
-    return column is not None and sum(map(int, column.group(1).split("+"))) != int(column.group(2))
+    column = parse_column(step)
+    return column is not None and sum(column[0]) != column[1]
 
 
 def _share(flags: list[bool]) -> float | None:

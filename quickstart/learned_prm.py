@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from quickstart.task import (
     check_steps,
     demonstration,
     final_answer,
+    parse_column,
     sample_problems,
 )
 from reward_server.scorers.prm_inputs import QWEN_PRM_SYSTEM_PROMPT, qwen_math_prm_input
@@ -209,11 +209,9 @@ def labelled_solutions(
 def after_due_carry(steps: list[str]) -> list[bool]:
     """For each step: is it a column line right after a written sum of 10 or more (a line
     where a carry is due)?"""
-    flags = [False] * len(steps)
-    for k in range(1, len(steps)):
-        written = re.search(r"=(\d+)$", steps[k - 1])
-        flags[k] = bool(written) and int(written.group(1)) >= 10 and "=" in steps[k]
-    return flags
+    columns = [parse_column(step) for step in steps]
+    return [k > 0 and columns[k] is not None and columns[k - 1] is not None and columns[k - 1][1] >= 10
+            for k in range(len(steps))]
 
 
 def due_carry_right_share(solutions: list[Solution]) -> float | None:

@@ -193,9 +193,8 @@ def check_steps(problem: Problem, steps: list[str]) -> list[float]:
         elif (answer := _ANSWER_RE.match(text)) is not None:
             answered = True
             ok = len(sums) == problem.digits and int(answer.group(1)) == assemble_answer(sums)
-        elif (column := _COLUMN_RE.match(text)) is not None:
-            terms = [int(t) for t in column.group(1).split("+")]
-            total = int(column.group(2))
+        elif (column := parse_column(text)) is not None:
+            terms, total = column
             index = len(sums)
             expected_carry = sums[-1] // 10 if sums else 0
             ok = (
@@ -206,6 +205,15 @@ def check_steps(problem: Problem, steps: list[str]) -> list[float]:
             sums.append(total)
         scores.append(1.0 if ok else 0.0)
     return scores
+
+
+def parse_column(step: str) -> tuple[list[int], int] | None:
+    """A column line ``d1+d2+...+carry=sum`` as (its terms, its written sum); None if the
+    step is not one."""
+    column = _COLUMN_RE.match(step.strip())
+    if column is None:
+        return None
+    return [int(t) for t in column.group(1).split("+")], int(column.group(2))
 
 
 def final_answer(response: str) -> int | None:
